@@ -1,0 +1,2 @@
+DELETE FROM leases WHERE name = 'sweeper';
+DELETE FROM recharge_packages;

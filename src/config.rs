@@ -1,0 +1,512 @@
+//! Settings from the environment (and `.env`, loaded by `main`). Variable names follow the
+//! seed's configuration guide; they are a contract with existing deployments.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+
+use crate::wechat::sign::SignType;
+
+/// Logged exactly like this when the WeChat Pay settings are incomplete (the seed's §5.1).
+pub const INCOMPLETE_PAY_WARNING: &str = "微信支付配置不完整，支付功能可能不可用";
+
+/// The seed's default allow-list (stale) united with WeChat's current callback ranges
+/// (wechatpay-v2.md §8), so that neither old nor new deployments silently drop notifications.
+pub const SEED_IP_WHITELIST: &str = "182.254.48.0/24,140.207.54.0/24,101.226.103.0/24";
+pub const CURRENT_WECHAT_CALLBACK_RANGES: &[&str] = &[
+    "101.226.103.0/25",
+    "140.207.54.0/25",
+    "121.51.58.128/25",
+    "183.3.234.0/25",
+    "58.251.80.0/25",
+    "121.51.30.128/25",
+    "203.205.219.128/25",
+];
+
+pub const WECHAT_PAY_API_BASE_DEFAULT: &str = "https://api.mch.weixin.qq.com";
+pub const WECHAT_API_BASE_DEFAULT: &str = "https://api.weixin.qq.com";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/coinpay.db";
+/// WeChat refuses closeorder within 5 minutes of creation.
+pub const MIN_EXPIRE_SECONDS_REAL_WECHAT: i64 = 300;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+fn bad(var: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        problem: problem.into(),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    pub host: String,
+    pub port: u16,
+    pub password: Option<String>,
+    pub db: i64,
+}
+
+impl RedisSettings {
+    pub fn url(&self) -> String {
+        let auth = match &self.password {
+            Some(p) => format!(":{}@", url_escape(p)),
+            None => String::new(),
+        };
+        format!("redis://{auth}{}:{}/{}", self.host, self.port, self.db)
+    }
+}
+
+fn url_escape(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The WeChat settings as configured; any of them may be missing (then payment is off).
+#[derive(Clone, Debug, Default)]
+pub struct WechatSettings {
+    pub app_id: Option<String>,
+    pub app_secret: Option<String>,
+    pub mch_id: Option<String>,
+    pub api_key: Option<String>,
+    pub notify_url: Option<String>,
+    pub sign_type: Option<SignType>,
+    pub pay_api_base: String,
+    pub api_base: String,
+    /// `None`: the allow-list is switched off (an explicitly empty WECHAT_PAY_IP_WHITELIST).
+    pub ip_whitelist: Option<Vec<IpNet>>,
+    pub ip_whitelist_explicit: bool,
+    pub timeout_ms: u64,
+    pub max_retries: u32,
+    pub order_body: String,
+}
+
+impl WechatSettings {
+    pub fn sign_type(&self) -> SignType {
+        self.sign_type.unwrap_or(SignType::Md5)
+    }
+    /// Names of the pay settings that are missing.
+    pub fn missing_pay(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        for (name, v) in [
+            ("WECHAT_APP_ID", &self.app_id),
+            ("WECHAT_PAY_MCH_ID", &self.mch_id),
+            ("WECHAT_PAY_API_KEY", &self.api_key),
+            ("WECHAT_PAY_NOTIFY_URL", &self.notify_url),
+        ] {
+            if v.is_none() {
+                m.push(name);
+            }
+        }
+        m
+    }
+    pub fn pay_complete(&self) -> bool {
+        self.missing_pay().is_empty()
+    }
+    pub fn login_complete(&self) -> bool {
+        self.app_id.is_some() && self.app_secret.is_some()
+    }
+    pub fn is_real_wechat(&self) -> bool {
+        is_wechat_host(&self.pay_api_base)
+    }
+}
+
+fn is_wechat_host(base: &str) -> bool {
+    url::Url::parse(base)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| h.ends_with("weixin.qq.com")))
+        .unwrap_or(true)
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub database_url: String,
+    pub db_pool_size: u32,
+    pub bind_addr: SocketAddr,
+    pub metrics_bind_addr: Option<SocketAddr>,
+    /// `None` when JWT_SECRET is unset: a random per-process secret is used (tokens then do
+    /// not survive a restart nor work across instances; `check-config` flags it).
+    pub jwt_secret: Option<String>,
+    pub jwt_ttl_secs: i64,
+    pub wechat: WechatSettings,
+    pub redis: Option<RedisSettings>,
+    pub order_expire_secs: i64,
+    pub order_sweep_cron: String,
+    pub sweep_batch_size: usize,
+    pub sweep_concurrency: usize,
+    pub lease_secs: i64,
+    pub trusted_proxies: Vec<IpNet>,
+    pub internal_api_token: Option<String>,
+    pub admin_api_token: Option<String>,
+    pub log_format: LogFormat,
+    pub instance_id: Option<String>,
+    pub sandbox_time_scale: f64,
+    pub shutdown_timeout_secs: u64,
+    pub fault_injection: bool,
+}
+
+/// Where settings come from: the process environment in production, a map in unit tests.
+pub trait Source {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+pub struct Env;
+impl Source for Env {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<S: std::hash::BuildHasher> Source for std::collections::HashMap<String, String, S> {
+    fn get(&self, name: &str) -> Option<String> {
+        std::collections::HashMap::get(self, name).cloned()
+    }
+}
+
+/// A set, non-blank value.
+fn opt(src: &dyn Source, name: &str) -> Option<String> {
+    src.get(name)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn parse_or<T: FromStr>(src: &dyn Source, name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match opt(src, name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|e| bad(name, format!("cannot parse {v:?}: {e}"))),
+    }
+}
+
+pub fn parse_cidrs(var: &'static str, v: &str) -> Result<Vec<IpNet>, ConfigError> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            // A bare address means a single host.
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| bad(var, format!("{s:?} is not a CIDR (like 101.226.103.0/25)")))
+        })
+        .collect()
+}
+
+pub fn default_ip_whitelist() -> Vec<IpNet> {
+    let mut v: Vec<IpNet> = SEED_IP_WHITELIST
+        .split(',')
+        .chain(CURRENT_WECHAT_CALLBACK_RANGES.iter().copied())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+pub fn parse_cron(var: &'static str, expr: &str) -> Result<cron::Schedule, ConfigError> {
+    cron::Schedule::from_str(expr).map_err(|e| {
+        bad(
+            var,
+            format!("{expr:?} is not a cron expression with a seconds field first (like \"0 * * * * *\"): {e}"),
+        )
+    })
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&Env)
+    }
+
+    pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
+        let database_url = opt(src, "DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        if !(database_url.starts_with("sqlite://") || database_url.starts_with("mysql://")) {
+            return Err(bad(
+                "DATABASE_URL",
+                "must start with sqlite:// (a file path) or mysql://",
+            ));
+        }
+        let wechat = Self::wechat_from(src)?;
+
+        let order_expire_secs: i64 = parse_or(src, "ORDER_EXPIRE_SECONDS", 1800)?;
+        if order_expire_secs <= 0 {
+            return Err(bad("ORDER_EXPIRE_SECONDS", "must be positive"));
+        }
+        if order_expire_secs < MIN_EXPIRE_SECONDS_REAL_WECHAT && wechat.is_real_wechat() {
+            return Err(bad(
+                "ORDER_EXPIRE_SECONDS",
+                "must be at least 300 against WeChat: closeorder is refused within 5 minutes of creation",
+            ));
+        }
+        let order_sweep_cron =
+            opt(src, "ORDER_SWEEP_CRON").unwrap_or_else(|| "0 * * * * *".to_string());
+        parse_cron("ORDER_SWEEP_CRON", &order_sweep_cron)?;
+
+        let redis = match opt(src, "REDIS_HOST") {
+            None => None,
+            Some(host) => Some(RedisSettings {
+                host,
+                port: parse_or(src, "REDIS_PORT", 6379)?,
+                password: opt(src, "REDIS_PASSWORD"),
+                db: parse_or(src, "REDIS_DB", 0)?,
+            }),
+        };
+
+        let log_format = match opt(src, "LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(bad(
+                    "LOG_FORMAT",
+                    format!("{other:?} is not one of text, json"),
+                ));
+            }
+        };
+        let jwt_secret = opt(src, "JWT_SECRET");
+        if let Some(s) = &jwt_secret
+            && s.len() < 16
+        {
+            return Err(bad("JWT_SECRET", "must be at least 16 characters"));
+        }
+        let sandbox_time_scale: f64 = parse_or(src, "WECHAT_SANDBOX_TIME_SCALE", 1.0)?;
+        if !(sandbox_time_scale > 0.0 && sandbox_time_scale.is_finite()) {
+            return Err(bad(
+                "WECHAT_SANDBOX_TIME_SCALE",
+                "must be a positive number",
+            ));
+        }
+        let s = Settings {
+            db_pool_size: parse_or(src, "DB_POOL_SIZE", 10)?,
+            bind_addr: parse_or(src, "BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8000)))?,
+            metrics_bind_addr: opt(src, "METRICS_BIND_ADDR")
+                .map(|v| {
+                    v.parse()
+                        .map_err(|e| bad("METRICS_BIND_ADDR", format!("{v:?}: {e}")))
+                })
+                .transpose()?,
+            jwt_secret,
+            jwt_ttl_secs: parse_or(src, "JWT_TTL_SECONDS", 7 * 24 * 3600)?,
+            wechat,
+            redis,
+            order_expire_secs,
+            order_sweep_cron,
+            sweep_batch_size: parse_or(src, "ORDER_SWEEP_BATCH", 200)?,
+            sweep_concurrency: parse_or(src, "ORDER_SWEEP_CONCURRENCY", 8)?,
+            lease_secs: parse_or(src, "ORDER_SWEEP_LEASE_SECONDS", 120)?,
+            trusted_proxies: match opt(src, "TRUSTED_PROXIES") {
+                None => Vec::new(),
+                Some(v) => parse_cidrs("TRUSTED_PROXIES", &v)?,
+            },
+            internal_api_token: opt(src, "INTERNAL_API_TOKEN"),
+            admin_api_token: opt(src, "ADMIN_API_TOKEN"),
+            log_format,
+            instance_id: opt(src, "INSTANCE_ID"),
+            sandbox_time_scale,
+            shutdown_timeout_secs: parse_or(src, "SHUTDOWN_TIMEOUT_SECONDS", 20)?,
+            fault_injection: opt(src, "COINPAY_FAULT_INJECTION").as_deref() == Some("1"),
+            database_url,
+        };
+        if s.db_pool_size == 0 {
+            return Err(bad("DB_POOL_SIZE", "must be at least 1"));
+        }
+        if s.sweep_batch_size == 0 || s.sweep_concurrency == 0 {
+            return Err(bad(
+                "ORDER_SWEEP_BATCH",
+                "batch size and ORDER_SWEEP_CONCURRENCY must be at least 1",
+            ));
+        }
+        if s.lease_secs < 5 {
+            return Err(bad("ORDER_SWEEP_LEASE_SECONDS", "must be at least 5"));
+        }
+        Ok(s)
+    }
+
+    fn wechat_from(src: &dyn Source) -> Result<WechatSettings, ConfigError> {
+        let pay_api_base = opt(src, "WECHAT_PAY_API_BASE")
+            .unwrap_or_else(|| WECHAT_PAY_API_BASE_DEFAULT.into())
+            .trim_end_matches('/')
+            .to_string();
+        let api_base = opt(src, "WECHAT_API_BASE")
+            .unwrap_or_else(|| WECHAT_API_BASE_DEFAULT.into())
+            .trim_end_matches('/')
+            .to_string();
+        for (var, v) in [
+            ("WECHAT_PAY_API_BASE", &pay_api_base),
+            ("WECHAT_API_BASE", &api_base),
+        ] {
+            match url::Url::parse(v) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                _ => return Err(bad(var, format!("{v:?} is not an http(s) URL"))),
+            }
+        }
+        let real = is_wechat_host(&pay_api_base);
+
+        let api_key = opt(src, "WECHAT_PAY_API_KEY");
+        if let Some(k) = &api_key
+            && k.chars().count() != 32
+        {
+            return Err(bad(
+                "WECHAT_PAY_API_KEY",
+                format!(
+                    "must be the 32-character API v2 key (API密钥), got {} characters",
+                    k.chars().count()
+                ),
+            ));
+        }
+        let notify_url = opt(src, "WECHAT_PAY_NOTIFY_URL");
+        if let Some(u) = &notify_url {
+            let parsed = url::Url::parse(u)
+                .map_err(|e| bad("WECHAT_PAY_NOTIFY_URL", format!("{u:?} is not a URL: {e}")))?;
+            // WeChat requires HTTPS; plain http is only for a non-WeChat (sandbox) base URL.
+            if parsed.scheme() != "https" && !(parsed.scheme() == "http" && !real) {
+                return Err(bad(
+                    "WECHAT_PAY_NOTIFY_URL",
+                    format!("{u:?} must be an https:// URL reachable from the internet"),
+                ));
+            }
+            if parsed.query().is_some() {
+                return Err(bad(
+                    "WECHAT_PAY_NOTIFY_URL",
+                    "must not carry a query string (WeChat drops it)",
+                ));
+            }
+        }
+        let sign_type = match opt(src, "WECHAT_PAY_SIGN_TYPE") {
+            None => None,
+            Some(v) => Some(v.parse::<SignType>().map_err(|_| {
+                bad(
+                    "WECHAT_PAY_SIGN_TYPE",
+                    format!("{v:?} is not one of MD5, HMAC-SHA256"),
+                )
+            })?),
+        };
+        let (ip_whitelist, ip_whitelist_explicit) = match src.get("WECHAT_PAY_IP_WHITELIST") {
+            None => (Some(default_ip_whitelist()), false),
+            Some(v) if v.trim().is_empty() => (None, true),
+            Some(v) => (Some(parse_cidrs("WECHAT_PAY_IP_WHITELIST", &v)?), true),
+        };
+        Ok(WechatSettings {
+            app_id: opt(src, "WECHAT_APP_ID"),
+            app_secret: opt(src, "WECHAT_APP_SECRET"),
+            mch_id: opt(src, "WECHAT_PAY_MCH_ID"),
+            api_key,
+            notify_url,
+            sign_type,
+            pay_api_base,
+            api_base,
+            ip_whitelist,
+            ip_whitelist_explicit,
+            timeout_ms: parse_or(src, "WECHAT_TIMEOUT_MS", 10_000)?,
+            max_retries: parse_or(src, "WECHAT_MAX_RETRIES", 2)?,
+            order_body: opt(src, "WECHAT_PAY_BODY").unwrap_or_else(|| "算力充值".into()),
+        })
+    }
+
+    /// Current WeChat callback ranges the configured allow-list does not cover.
+    pub fn whitelist_missing_current_ranges(&self) -> Vec<&'static str> {
+        let Some(list) = &self.wechat.ip_whitelist else {
+            return Vec::new();
+        };
+        CURRENT_WECHAT_CALLBACK_RANGES
+            .iter()
+            .copied()
+            .filter(|r| {
+                r.parse::<IpNet>()
+                    .map(|net| !list.iter().any(|l| l.contains(&net)))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite://")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn src(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_start_without_anything() {
+        let s = Settings::from_source(&src(&[])).expect("defaults");
+        assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(s.order_expire_secs, 1800);
+        assert!(!s.wechat.pay_complete());
+        assert_eq!(s.wechat.sign_type(), SignType::Md5);
+        assert!(s.whitelist_missing_current_ranges().is_empty());
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        let cases = [
+            ("WECHAT_PAY_API_KEY", "short"),
+            ("WECHAT_PAY_NOTIFY_URL", "http://example.com/cb"),
+            ("WECHAT_PAY_IP_WHITELIST", "10.0.0.0/33"),
+            ("TRUSTED_PROXIES", "nonsense"),
+            ("ORDER_SWEEP_CRON", "*/15 * * * *"),
+            ("WECHAT_PAY_SIGN_TYPE", "SHA1"),
+            ("ORDER_EXPIRE_SECONDS", "60"),
+            ("LOG_FORMAT", "xml"),
+            ("BIND_ADDR", "localhost"),
+            ("DATABASE_URL", "postgres://x"),
+        ];
+        for (var, value) in cases {
+            let err = Settings::from_source(&src(&[(var, value)])).expect_err(var);
+            assert_eq!(err.var, var, "{err}");
+        }
+    }
+
+    #[test]
+    fn short_expiry_and_http_notify_only_against_a_sandbox() {
+        let s = Settings::from_source(&src(&[
+            ("WECHAT_PAY_API_BASE", "http://127.0.0.1:9/sandbox"),
+            ("ORDER_EXPIRE_SECONDS", "2"),
+            ("WECHAT_PAY_NOTIFY_URL", "http://127.0.0.1:9/cb"),
+        ]))
+        .expect("sandbox settings");
+        assert_eq!(s.order_expire_secs, 2);
+    }
+
+    #[test]
+    fn empty_whitelist_turns_the_check_off_and_stale_list_is_flagged() {
+        let s = Settings::from_source(&src(&[("WECHAT_PAY_IP_WHITELIST", "")])).expect("ok");
+        assert!(s.wechat.ip_whitelist.is_none());
+        let s = Settings::from_source(&src(&[("WECHAT_PAY_IP_WHITELIST", SEED_IP_WHITELIST)]))
+            .expect("ok");
+        let missing = s.whitelist_missing_current_ranges();
+        assert!(missing.contains(&"183.3.234.0/25"), "{missing:?}");
+        assert!(!missing.contains(&"101.226.103.0/25"));
+    }
+
+    #[test]
+    fn redis_url_escapes_password() {
+        let r = RedisSettings {
+            host: "127.0.0.1".into(),
+            port: 6379,
+            password: Some("p@ss/word".into()),
+            db: 2,
+        };
+        assert_eq!(r.url(), "redis://:p%40ss%2Fword@127.0.0.1:6379/2");
+    }
+}

@@ -1,0 +1,301 @@
+//! Prometheus metrics (prometheus-client, OpenMetrics text). Names use base units and
+//! prometheus-client appends `_total` to counters.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub method: String,
+    pub status: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub method: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub api: String,
+    pub outcome: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiOnlyLabels {
+    pub api: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+fn outcome(s: &str) -> OutcomeLabels {
+    OutcomeLabels {
+        outcome: s.to_string(),
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<RouteLabels, Histogram>,
+    pub notifications: Family<OutcomeLabels, Counter>,
+    pub orders: Family<EventLabels, Counter>,
+    pub pending_orders: Gauge,
+    pub oldest_pending_age: Gauge<f64, AtomicU64>,
+    pub coins_credited: Counter,
+    pub fen_received: Counter,
+    pub late_payments: Counter,
+    pub anomalies: Family<KindLabels, Counter>,
+    pub wechat_calls: Family<ApiLabels, Counter>,
+    pub wechat_duration: Family<ApiOnlyLabels, Histogram>,
+    pub sweeper_runs: Family<OutcomeLabels, Counter>,
+    pub sweeper_orders: Family<OutcomeLabels, Counter>,
+    pub sweeper_lease_held: Gauge,
+    pub sweeper_last_success: Gauge<f64, AtomicU64>,
+    pub db_connections: Family<StateLabels, Gauge>,
+    pub db_up: Gauge,
+    pub redis_up: Gauge,
+    pub actor_restarts: Counter,
+    pub live_actors: Gauge,
+    pub consumes: Family<OutcomeLabels, Counter>,
+    pub admin_actions: Family<KindLabels, Counter>,
+    pub order_numbers_fallback: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let latency = || Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let http_duration =
+            Family::<RouteLabels, Histogram>::new_with_constructor(latency as fn() -> Histogram);
+        let wechat_duration =
+            Family::<ApiOnlyLabels, Histogram>::new_with_constructor(latency as fn() -> Histogram);
+        let m = Metrics {
+            http_requests: Family::default(),
+            http_duration,
+            notifications: Family::default(),
+            orders: Family::default(),
+            pending_orders: Gauge::default(),
+            oldest_pending_age: Gauge::default(),
+            coins_credited: Counter::default(),
+            fen_received: Counter::default(),
+            late_payments: Counter::default(),
+            anomalies: Family::default(),
+            wechat_calls: Family::default(),
+            wechat_duration,
+            sweeper_runs: Family::default(),
+            sweeper_orders: Family::default(),
+            sweeper_lease_held: Gauge::default(),
+            sweeper_last_success: Gauge::default(),
+            db_connections: Family::default(),
+            db_up: Gauge::default(),
+            redis_up: Gauge::default(),
+            actor_restarts: Counter::default(),
+            live_actors: Gauge::default(),
+            consumes: Family::default(),
+            admin_actions: Family::default(),
+            order_numbers_fallback: Counter::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "coinpay_http_requests",
+            "HTTP requests by route, method and status",
+            m.http_requests.clone(),
+        );
+        r.register(
+            "coinpay_http_request_duration_seconds",
+            "HTTP request latency",
+            m.http_duration.clone(),
+        );
+        r.register(
+            "coinpay_notifications",
+            "WeChat Pay notifications by outcome",
+            m.notifications.clone(),
+        );
+        r.register(
+            "coinpay_orders",
+            "Order events: created, paid, expired, failed",
+            m.orders.clone(),
+        );
+        r.register(
+            "coinpay_pending_orders",
+            "Orders awaiting payment",
+            m.pending_orders.clone(),
+        );
+        r.register(
+            "coinpay_oldest_pending_order_age_seconds",
+            "Age of the oldest pending order",
+            m.oldest_pending_age.clone(),
+        );
+        r.register(
+            "coinpay_coins_credited",
+            "Coins (with bonus) credited by payments",
+            m.coins_credited.clone(),
+        );
+        r.register(
+            "coinpay_fen_received",
+            "Money received, in fen",
+            m.fen_received.clone(),
+        );
+        r.register(
+            "coinpay_late_payments",
+            "Payments credited after the order expired",
+            m.late_payments.clone(),
+        );
+        r.register(
+            "coinpay_payment_anomalies",
+            "Payments not credited: amount mismatch, double payment",
+            m.anomalies.clone(),
+        );
+        r.register(
+            "coinpay_wechat_api_calls",
+            "WeChat API calls by api and outcome",
+            m.wechat_calls.clone(),
+        );
+        r.register(
+            "coinpay_wechat_api_duration_seconds",
+            "WeChat API call latency",
+            m.wechat_duration.clone(),
+        );
+        r.register(
+            "coinpay_sweeper_runs",
+            "Sweeper runs by outcome",
+            m.sweeper_runs.clone(),
+        );
+        r.register(
+            "coinpay_sweeper_orders",
+            "Orders handled by the sweeper by outcome",
+            m.sweeper_orders.clone(),
+        );
+        r.register(
+            "coinpay_sweeper_lease_held",
+            "1 while this instance holds the sweeper lease",
+            m.sweeper_lease_held.clone(),
+        );
+        r.register(
+            "coinpay_sweeper_last_success_timestamp_seconds",
+            "Unix time of the last successful sweep",
+            m.sweeper_last_success.clone(),
+        );
+        r.register(
+            "coinpay_db_pool_connections",
+            "Database pool connections by state",
+            m.db_connections.clone(),
+        );
+        r.register(
+            "coinpay_db_up",
+            "1 when the database answered the last check",
+            m.db_up.clone(),
+        );
+        r.register(
+            "coinpay_redis_up",
+            "1 when Redis answered the last check (0 also when not configured)",
+            m.redis_up.clone(),
+        );
+        r.register(
+            "coinpay_order_actor_restarts",
+            "Order actors restarted after a panic",
+            m.actor_restarts.clone(),
+        );
+        r.register(
+            "coinpay_order_actors",
+            "Live order actors",
+            m.live_actors.clone(),
+        );
+        r.register(
+            "coinpay_consumes",
+            "Internal consume calls by outcome",
+            m.consumes.clone(),
+        );
+        r.register(
+            "coinpay_admin_actions",
+            "Admin writes by action",
+            m.admin_actions.clone(),
+        );
+        r.register(
+            "coinpay_order_number_fallbacks",
+            "Order numbers made without Redis while Redis was configured",
+            m.order_numbers_fallback.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn notification(&self, o: &str) {
+        self.notifications.get_or_create(&outcome(o)).inc();
+    }
+    pub fn order_event(&self, event: &str) {
+        self.orders
+            .get_or_create(&EventLabels {
+                event: event.to_string(),
+            })
+            .inc();
+    }
+    pub fn anomaly(&self, kind: &str) {
+        self.anomalies
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+    pub fn wechat_call(&self, api: &str, o: &str, secs: f64) {
+        self.wechat_calls
+            .get_or_create(&ApiLabels {
+                api: api.to_string(),
+                outcome: o.to_string(),
+            })
+            .inc();
+        self.wechat_duration
+            .get_or_create(&ApiOnlyLabels {
+                api: api.to_string(),
+            })
+            .observe(secs);
+    }
+    pub fn sweeper_run(&self, o: &str) {
+        self.sweeper_runs.get_or_create(&outcome(o)).inc();
+    }
+    pub fn sweeper_order(&self, o: &str, n: u64) {
+        self.sweeper_orders.get_or_create(&outcome(o)).inc_by(n);
+    }
+    pub fn consume(&self, o: &str) {
+        self.consumes.get_or_create(&outcome(o)).inc();
+    }
+    pub fn admin_action(&self, action: &str) {
+        self.admin_actions
+            .get_or_create(&KindLabels {
+                kind: action.to_string(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,181 @@
+//! A WeChat Pay v2 + jscode2session simulator served by our own binary (tests, benchmarks, demo).
+//!
+//! Routes are relative: mount with `web::scope("/sandbox").configure(|c| sb.configure(c))`, or
+//! at "/" for `coinpay sandbox --bind`. Payments happen through `POST /simulate/pay/{no}`, which
+//! delivers signed notifications on WeChat's retry schedule (§4.5) scaled by `time_scale`.
+
+mod login;
+mod notifier;
+mod pay;
+mod simulate;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use actix_web::{App, HttpServer, web};
+
+use crate::wechat::sign::SignType;
+use crate::wechat::xml::MAX_BODY;
+
+use state::State;
+
+#[derive(Clone)]
+pub struct SandboxConfig {
+    pub app_id: String,
+    pub app_secret: String,
+    pub mch_id: String,
+    pub api_key: String,
+    /// Notifications use this unless the order's unifiedorder carried an explicit
+    /// `sign_type` (then that one, as WeChat does).
+    pub sign_type: SignType,
+    /// 1.0 = WeChat's real retry schedule; 0.001 compresses 24 h into ~86 s.
+    pub time_scale: f64,
+    /// Add a `sign_type` field to notifications (real ones usually omit it, §9.2).
+    pub notify_sign_type_field: bool,
+}
+
+impl std::fmt::Debug for SandboxConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxConfig")
+            .field("app_id", &self.app_id)
+            .field("app_secret", &"<redacted>")
+            .field("mch_id", &self.mch_id)
+            .field("api_key", &"<redacted>")
+            .field("sign_type", &self.sign_type)
+            .field("time_scale", &self.time_scale)
+            .field("notify_sign_type_field", &self.notify_sign_type_field)
+            .finish()
+    }
+}
+
+impl SandboxConfig {
+    /// Fixed, obviously fake credentials shared by tests and the demo.
+    pub fn default_credentials() -> Self {
+        SandboxConfig {
+            app_id: "wx5a9d1c0e7b3f2468".into(),
+            app_secret: "5b1f0c9e8d7a6b5c4d3e2f1a0b9c8d7e".into(),
+            mch_id: "1900000109".into(),
+            api_key: "SandboxApiKey0123456789abcdefXYZ".into(),
+            sign_type: SignType::Md5,
+            time_scale: 1.0,
+            notify_sign_type_field: false,
+        }
+    }
+
+    fn scale(&self) -> f64 {
+        if self.time_scale.is_finite() && self.time_scale >= 0.0 {
+            self.time_scale
+        } else {
+            1.0
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: SandboxConfig,
+    state: Mutex<State>,
+}
+
+impl Sandbox {
+    pub fn new(cfg: SandboxConfig) -> Self {
+        crate::wechat::client::install_crypto_provider();
+        Sandbox {
+            inner: Arc::new(Inner {
+                cfg,
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.inner.cfg
+    }
+
+    /// The state stays usable after a panic elsewhere: it is test data, not money.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn configure(&self, cfg: &mut web::ServiceConfig) {
+        let data = web::Data::new(self.clone());
+        let payload = web::PayloadConfig::new(MAX_BODY);
+        let pay_route = |path: &str, api: pay::Api| {
+            web::resource(path.to_owned())
+                .app_data(data.clone())
+                .app_data(payload.clone())
+                .app_data(web::Data::new(api))
+                .route(web::post().to(pay::handle))
+        };
+        cfg.service(pay_route("/pay/unifiedorder", pay::Api::UnifiedOrder))
+            .service(pay_route("/pay/orderquery", pay::Api::OrderQuery))
+            .service(pay_route("/pay/closeorder", pay::Api::CloseOrder))
+            .service(
+                web::resource("/sns/jscode2session")
+                    .app_data(data.clone())
+                    .route(web::get().to(login::jscode2session)),
+            )
+            .service(
+                web::resource("/simulate/pay/{out_trade_no}")
+                    .app_data(data.clone())
+                    .route(web::post().to(simulate::pay)),
+            )
+            .service(
+                web::resource("/simulate/faults")
+                    .app_data(data.clone())
+                    .app_data(web::JsonConfig::default().limit(4096))
+                    .route(web::post().to(simulate::set_faults))
+                    .route(web::delete().to(simulate::clear_faults)),
+            )
+            .service(
+                web::resource("/simulate/orders/{out_trade_no}")
+                    .app_data(data.clone())
+                    .route(web::get().to(simulate::order)),
+            )
+            .service(
+                web::resource("/simulate/notifications")
+                    .app_data(data.clone())
+                    .route(web::get().to(simulate::notifications)),
+            );
+    }
+}
+
+/// Binds the simulator at "/" without starting it: returns the server (spawn or await it)
+/// and the bound addresses (port 0 gets a free port). Signals are left to the caller.
+pub fn serve(
+    bind: SocketAddr,
+    sandbox: Sandbox,
+) -> std::io::Result<(actix_web::dev::Server, Vec<SocketAddr>)> {
+    let server = HttpServer::new(move || {
+        let sb = sandbox.clone();
+        App::new().configure(move |c| sb.configure(c))
+    })
+    .workers(2)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .bind(bind)?;
+    let addrs = server.addrs();
+    Ok((server.run(), addrs))
+}
+
+/// `coinpay sandbox --bind ADDR`: the simulator alone, until Ctrl-C.
+pub async fn run_standalone(bind: SocketAddr, cfg: SandboxConfig) -> std::io::Result<()> {
+    let sandbox = Sandbox::new(cfg);
+    let server = HttpServer::new(move || {
+        let sb = sandbox.clone();
+        App::new().configure(move |c| sb.configure(c))
+    })
+    .bind(bind)?;
+    for addr in server.addrs() {
+        tracing::info!(%addr, "WeChat Pay sandbox listening");
+    }
+    server.run().await
+}

@@ -1,0 +1,73 @@
+//! ShedLock-style leases: one row per job; whoever holds an unexpired lease runs the job.
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::schema::leases as le;
+use super::{DbPool, StoreError};
+use crate::{with_read, with_write};
+
+/// Takes or renews the lease when it is free, expired, or already ours. True when we hold it.
+pub async fn try_acquire(
+    pool: &DbPool,
+    name: &str,
+    holder: &str,
+    now: i64,
+    until: i64,
+) -> Result<bool, StoreError> {
+    let n = with_write!(pool, conn => diesel::update(
+        le::table
+            .filter(le::name.eq(name))
+            .filter(le::until_ms.lt(now).or(le::holder.eq(holder))),
+    )
+    .set((le::holder.eq(holder), le::until_ms.eq(until), le::updated_at.eq(now)))
+    .execute(conn)
+    .await?);
+    if n == 1 {
+        return Ok(true);
+    }
+    // First use of this lease name: create the row; a concurrent creator wins the primary key.
+    let exists = with_read!(pool, conn => le::table
+        .filter(le::name.eq(name))
+        .count()
+        .get_result::<i64>(conn)
+        .await?);
+    if exists > 0 {
+        return Ok(false);
+    }
+    let inserted = with_write!(pool, conn => diesel::insert_into(le::table)
+        .values((
+            le::name.eq(name),
+            le::holder.eq(holder),
+            le::until_ms.eq(until),
+            le::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await);
+    match inserted.map_err(StoreError::from) {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_unique_violation() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Gives the lease up early (graceful shutdown) so another instance need not wait it out.
+pub async fn release(pool: &DbPool, name: &str, holder: &str) -> Result<(), StoreError> {
+    with_write!(pool, conn => diesel::update(
+        le::table.filter(le::name.eq(name)).filter(le::holder.eq(holder)),
+    )
+    .set(le::until_ms.eq(0))
+    .execute(conn)
+    .await?);
+    Ok(())
+}
+
+/// (holder, until) of a lease, for metrics and tests.
+pub async fn current(pool: &DbPool, name: &str) -> Result<Option<(String, i64)>, StoreError> {
+    Ok(with_read!(pool, conn => le::table
+        .filter(le::name.eq(name))
+        .select((le::holder, le::until_ms))
+        .first(conn)
+        .await
+        .optional()?))
+}

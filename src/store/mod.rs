@@ -1,0 +1,281 @@
+//! Storage: one diesel schema, run on MySQL/MariaDB (mysql_async) or SQLite (bundled), chosen
+//! by DATABASE_URL. Every query is written once; `with_read!`/`with_write!` type-check it for
+//! each backend. The database is the source of truth for every order and every coin.
+
+pub mod leases;
+pub mod ledger;
+pub mod orders;
+pub mod packages;
+pub mod schema;
+pub mod users;
+
+use diesel::ConnectionError;
+use diesel::connection::SimpleConnection;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::bb8::{Pool, RunError};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures_util::FutureExt;
+
+pub type SqliteConn = SyncConnectionWrapper<diesel::SqliteConnection>;
+
+pub const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
+pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database connection: {0}")]
+    Connection(String),
+    #[error("database query: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("migration: {0}")]
+    Migration(String),
+    /// A compare-and-set matched no row: another actor or instance moved first.
+    #[error("concurrent update")]
+    Conflict,
+}
+
+impl StoreError {
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Query(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _
+            ))
+        )
+    }
+}
+
+impl From<RunError> for StoreError {
+    fn from(e: RunError) -> Self {
+        StoreError::Connection(e.to_string())
+    }
+}
+
+/// The pools. SQLite allows one writer at a time, so writes go through a single connection
+/// (serialised in-process, no busy-handler back-off tails) and reads through the others.
+#[derive(Clone)]
+pub enum DbPool {
+    Mysql(Pool<AsyncMysqlConnection>),
+    Sqlite {
+        read: Pool<SqliteConn>,
+        write: Pool<SqliteConn>,
+    },
+}
+
+/// Runs `$body` with `$conn` bound to a read connection of either backend.
+#[macro_export]
+macro_rules! with_read {
+    ($pool:expr, $conn:ident => $body:expr) => {{
+        match $pool {
+            $crate::store::DbPool::Mysql(p) => {
+                let mut g = p.get().await?;
+                let $conn = &mut *g;
+                $body
+            }
+            $crate::store::DbPool::Sqlite { read, .. } => {
+                let mut g = read.get().await?;
+                let $conn = &mut *g;
+                $body
+            }
+        }
+    }};
+}
+
+/// Runs `$body` with `$conn` bound to a write connection of either backend.
+#[macro_export]
+macro_rules! with_write {
+    ($pool:expr, $conn:ident => $body:expr) => {{
+        match $pool {
+            $crate::store::DbPool::Mysql(p) => {
+                let mut g = p.get().await?;
+                let $conn = &mut *g;
+                $body
+            }
+            $crate::store::DbPool::Sqlite { write, .. } => {
+                let mut g = write.get().await?;
+                let $conn = &mut *g;
+                $body
+            }
+        }
+    }};
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn sqlite_path(url: &str) -> &str {
+    url.strip_prefix("sqlite://").unwrap_or(url)
+}
+
+fn sqlite_setup(
+    path: &str,
+) -> futures_util::future::BoxFuture<'_, diesel::ConnectionResult<SqliteConn>> {
+    async move {
+        let mut c = SqliteConn::establish(path).await?;
+        // FULL: a notification is acknowledged only after its commit is on disk.
+        c.batch_execute(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+        )
+        .await
+        .map_err(ConnectionError::CouldntSetupConfiguration)?;
+        Ok(c)
+    }
+    .boxed()
+}
+
+impl DbPool {
+    pub async fn connect(url: &str, size: u32) -> Result<Self, StoreError> {
+        if url.starts_with("mysql://") {
+            let mgr = AsyncDieselConnectionManager::<AsyncMysqlConnection>::new(url);
+            let pool = Pool::builder()
+                .max_size(size)
+                .connection_timeout(std::time::Duration::from_secs(5))
+                .build(mgr)
+                .await
+                .map_err(|e| StoreError::Connection(e.to_string()))?;
+            Ok(DbPool::Mysql(pool))
+        } else {
+            let path = sqlite_path(url).to_string();
+            ensure_parent_dir(&path)?;
+            let build = |n: u32| {
+                let mut cfg = ManagerConfig::<SqliteConn>::default();
+                cfg.custom_setup = Box::new(sqlite_setup);
+                let mgr = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(&path, cfg);
+                Pool::builder()
+                    .max_size(n)
+                    .connection_timeout(std::time::Duration::from_secs(10))
+                    .build(mgr)
+            };
+            let write = build(1)
+                .await
+                .map_err(|e| StoreError::Connection(e.to_string()))?;
+            let read = build(size.max(1))
+                .await
+                .map_err(|e| StoreError::Connection(e.to_string()))?;
+            Ok(DbPool::Sqlite { read, write })
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            DbPool::Mysql(_) => "mysql",
+            DbPool::Sqlite { .. } => "sqlite",
+        }
+    }
+
+    /// A trivial query, for /readyz and check-config.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_read!(self, conn => conn.batch_execute("SELECT 1").await?);
+        Ok(())
+    }
+
+    /// (connections, idle) of the pool that serves most traffic.
+    pub fn pool_state(&self) -> (u32, u32) {
+        let s = match self {
+            DbPool::Mysql(p) => p.state(),
+            DbPool::Sqlite { read, .. } => read.state(),
+        };
+        (s.connections, s.idle_connections)
+    }
+}
+
+fn ensure_parent_dir(path: &str) -> Result<(), StoreError> {
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            StoreError::Connection(format!("cannot create {}: {e}", parent.display()))
+        })?;
+    }
+    Ok(())
+}
+
+/// Applies the embedded migrations of the URL's dialect; returns how many ran (0 on a second
+/// run). Runs on a blocking thread: the migration harness blocks, and actix's runtime is
+/// current-thread.
+pub async fn run_migrations(url: &str) -> Result<usize, StoreError> {
+    let url = url.to_string();
+    tokio::task::spawn_blocking(move || migrate_blocking(&url))
+        .await
+        .map_err(|e| StoreError::Migration(e.to_string()))?
+}
+
+fn migrate_blocking(url: &str) -> Result<usize, StoreError> {
+    let mig = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
+    if url.starts_with("mysql://") {
+        use diesel::Connection;
+        let mut c = <AsyncConnectionWrapper<AsyncMysqlConnection> as Connection>::establish(url)
+            .map_err(|e| StoreError::Connection(e.to_string()))?;
+        // Instances starting together must not race on DDL (MySQL DDL is not transactional).
+        SimpleConnection::batch_execute(&mut c, "DO GET_LOCK('coinpay_migrations', 120)")?;
+        let r = c.run_pending_migrations(MYSQL_MIGRATIONS).map(|v| v.len());
+        let _ = SimpleConnection::batch_execute(&mut c, "DO RELEASE_LOCK('coinpay_migrations')");
+        r.map_err(mig)
+    } else {
+        use diesel::Connection;
+        let path = sqlite_path(url);
+        ensure_parent_dir(path)?;
+        let mut c = <AsyncConnectionWrapper<SqliteConn> as Connection>::establish(path)
+            .map_err(|e| StoreError::Connection(e.to_string()))?;
+        SimpleConnection::batch_execute(
+            &mut c,
+            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;",
+        )?;
+        c.run_pending_migrations(SQLITE_MIGRATIONS)
+            .map(|v| v.len())
+            .map_err(mig)
+    }
+}
+
+/// The id of the row this connection inserted last (no RETURNING on MySQL).
+pub trait LastInsertId {
+    const SQL: &'static str;
+}
+impl LastInsertId for AsyncMysqlConnection {
+    const SQL: &'static str = "LAST_INSERT_ID()";
+}
+impl LastInsertId for SqliteConn {
+    const SQL: &'static str = "last_insert_rowid()";
+}
+pub fn last_insert_id_sql<C: LastInsertId>(_: &C) -> &'static str {
+    C::SQL
+}
+
+/// How many embedded migrations have not been applied yet (for check-config).
+pub async fn pending_migrations(url: &str) -> Result<usize, StoreError> {
+    let url = url.to_string();
+    tokio::task::spawn_blocking(move || {
+        use diesel::Connection;
+        let mig =
+            |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
+        if url.starts_with("mysql://") {
+            let mut c =
+                <AsyncConnectionWrapper<AsyncMysqlConnection> as Connection>::establish(&url)
+                    .map_err(|e| StoreError::Connection(e.to_string()))?;
+            c.pending_migrations(MYSQL_MIGRATIONS)
+                .map(|v| v.len())
+                .map_err(mig)
+        } else {
+            let path = sqlite_path(&url);
+            if !std::path::Path::new(path).exists() {
+                use diesel::migration::MigrationSource;
+                return MigrationSource::<diesel::sqlite::Sqlite>::migrations(&SQLITE_MIGRATIONS)
+                    .map(|v| v.len())
+                    .map_err(mig);
+            }
+            let mut c = <AsyncConnectionWrapper<SqliteConn> as Connection>::establish(path)
+                .map_err(|e| StoreError::Connection(e.to_string()))?;
+            c.pending_migrations(SQLITE_MIGRATIONS)
+                .map(|v| v.len())
+                .map_err(mig)
+        }
+    })
+    .await
+    .map_err(|e| StoreError::Migration(e.to_string()))?
+}

@@ -1,0 +1,239 @@
+//! Recharge orders. Every status change is a compare-and-set on `version`, committed in the
+//! same transaction as its effects, so several actors or instances can never both win.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use serde::Serialize;
+
+use super::schema::{compute_logs as l, recharge_orders as o, users as u};
+use super::{DbPool, StoreError, now_ms};
+use crate::order::state::{Effect, OrderStatus};
+use crate::{with_read, with_write};
+
+#[derive(Queryable, Selectable, Serialize, Clone, Debug, PartialEq, Eq)]
+#[diesel(table_name = o, check_for_backend(diesel::mysql::Mysql, diesel::sqlite::Sqlite))]
+pub struct OrderRow {
+    pub id: i64,
+    pub order_no: String,
+    pub user_id: i64,
+    pub package_id: i64,
+    pub amount_fen: i64,
+    pub coins: i64,
+    pub bonus_coins: i64,
+    pub status: String,
+    pub version: i64,
+    pub prepay_id: Option<String>,
+    pub transaction_id: Option<String>,
+    pub err_code: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub paid_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+impl OrderRow {
+    pub fn status(&self) -> OrderStatus {
+        // Only this module writes the column, always from OrderStatus::as_str.
+        self.status.parse().unwrap_or(OrderStatus::Failed)
+    }
+    pub fn credit(&self) -> i64 {
+        self.coins + self.bonus_coins
+    }
+}
+
+pub struct NewOrder<'a> {
+    pub order_no: &'a str,
+    pub user_id: i64,
+    pub package_id: i64,
+    pub amount_fen: i64,
+    pub coins: i64,
+    pub bonus_coins: i64,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+pub async fn insert(pool: &DbPool, n: &NewOrder<'_>) -> Result<(), StoreError> {
+    with_write!(pool, conn => diesel::insert_into(o::table)
+        .values((
+            o::order_no.eq(n.order_no),
+            o::user_id.eq(n.user_id),
+            o::package_id.eq(n.package_id),
+            o::amount_fen.eq(n.amount_fen),
+            o::coins.eq(n.coins),
+            o::bonus_coins.eq(n.bonus_coins),
+            o::status.eq(OrderStatus::Created.as_str()),
+            o::version.eq(0),
+            o::created_at.eq(n.created_at),
+            o::expires_at.eq(n.expires_at),
+            o::updated_at.eq(n.created_at),
+        ))
+        .execute(conn)
+        .await?);
+    Ok(())
+}
+
+pub async fn get(pool: &DbPool, order_no: &str) -> Result<Option<OrderRow>, StoreError> {
+    Ok(with_read!(pool, conn => o::table
+        .filter(o::order_no.eq(order_no))
+        .select(OrderRow::as_select())
+        .first(conn)
+        .await
+        .optional()?))
+}
+
+pub async fn get_by_transaction(
+    pool: &DbPool,
+    transaction_id: &str,
+) -> Result<Option<OrderRow>, StoreError> {
+    Ok(with_read!(pool, conn => o::table
+        .filter(o::transaction_id.eq(transaction_id))
+        .select(OrderRow::as_select())
+        .first(conn)
+        .await
+        .optional()?))
+}
+
+/// Filters for listing orders; every field is optional.
+#[derive(Clone, Debug, Default)]
+pub struct OrderFilter {
+    pub user_id: Option<i64>,
+    pub status: Option<OrderStatus>,
+    pub created_from: Option<i64>,
+    pub created_to: Option<i64>,
+}
+
+/// Newest first, one page, and the total that matches.
+pub async fn list(
+    pool: &DbPool,
+    f: &OrderFilter,
+    offset: i64,
+    limit: i64,
+) -> Result<(Vec<OrderRow>, i64), StoreError> {
+    // A macro, not a closure: the boxed query's type differs per backend.
+    macro_rules! query {
+        () => {{
+            let mut q = o::table.into_boxed();
+            if let Some(uid) = f.user_id {
+                q = q.filter(o::user_id.eq(uid));
+            }
+            if let Some(s) = f.status {
+                q = q.filter(o::status.eq(s.as_str()));
+            }
+            if let Some(t) = f.created_from {
+                q = q.filter(o::created_at.ge(t));
+            }
+            if let Some(t) = f.created_to {
+                q = q.filter(o::created_at.lt(t));
+            }
+            q
+        }};
+    }
+    Ok(with_read!(pool, conn => {
+        let rows = query!()
+            .order(o::id.desc())
+            .offset(offset)
+            .limit(limit)
+            .select(OrderRow::as_select())
+            .load(conn)
+            .await?;
+        let total: i64 = query!().count().get_result(conn).await?;
+        (rows, total)
+    }))
+}
+
+/// Unpaid orders past their expiry, oldest first.
+pub async fn overdue(pool: &DbPool, now: i64, limit: i64) -> Result<Vec<String>, StoreError> {
+    let open = [OrderStatus::Created.as_str(), OrderStatus::Pending.as_str()];
+    Ok(with_read!(pool, conn => o::table
+        .filter(o::status.eq_any(open))
+        .filter(o::expires_at.le(now))
+        .order(o::expires_at.asc())
+        .limit(limit)
+        .select(o::order_no)
+        .load(conn)
+        .await?))
+}
+
+/// (number of pending orders, created_at of the oldest).
+pub async fn pending_stats(pool: &DbPool) -> Result<(i64, Option<i64>), StoreError> {
+    Ok(with_read!(pool, conn => o::table
+        .filter(o::status.eq(OrderStatus::Pending.as_str()))
+        .select((diesel::dsl::count_star(), diesel::dsl::min(o::created_at)))
+        .first(conn)
+        .await?))
+}
+
+/// Compare-and-set from `row` (at its version) to `to`, with the effect in the same
+/// transaction. `Err(Conflict)` when the row moved on meanwhile: reload and decide again.
+pub async fn apply(
+    pool: &DbPool,
+    row: &OrderRow,
+    to: OrderStatus,
+    effect: &Effect,
+) -> Result<OrderRow, StoreError> {
+    let now = now_ms();
+    let mut next = row.clone();
+    next.status = to.as_str().to_string();
+    next.version = row.version + 1;
+    next.updated_at = now;
+    match effect {
+        Effect::StorePrepay { prepay_id } => next.prepay_id = Some(prepay_id.clone()),
+        Effect::StoreFailure { err_code } => next.err_code = Some(err_code.clone()),
+        Effect::Expire => {}
+        Effect::Credit { transaction_id } => {
+            next.transaction_id = Some(transaction_id.clone());
+            next.paid_at = Some(now);
+        }
+    }
+    let next_ref = &next;
+    with_write!(pool, conn => conn.transaction::<(), StoreError, _>(async move |conn| {
+        let n = diesel::update(
+            o::table
+                .filter(o::order_no.eq(&row.order_no))
+                .filter(o::version.eq(row.version)),
+        )
+        .set((
+            o::status.eq(&next_ref.status),
+            o::version.eq(next_ref.version),
+            o::prepay_id.eq(&next_ref.prepay_id),
+            o::transaction_id.eq(&next_ref.transaction_id),
+            o::err_code.eq(&next_ref.err_code),
+            o::paid_at.eq(next_ref.paid_at),
+            o::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+        if n == 0 {
+            return Err(StoreError::Conflict);
+        }
+        if let Effect::Credit { transaction_id } = effect {
+            let credit = row.credit();
+            diesel::update(u::table.find(row.user_id))
+                .set((u::balance.eq(u::balance + credit), u::updated_at.eq(now)))
+                .execute(conn)
+                .await?;
+            let balance_after: i64 = u::table
+                .find(row.user_id)
+                .select(u::balance)
+                .first(conn)
+                .await?;
+            diesel::insert_into(l::table)
+                .values((
+                    l::user_id.eq(row.user_id),
+                    l::kind.eq(super::ledger::KIND_RECHARGE),
+                    l::delta.eq(credit),
+                    l::balance_after.eq(balance_after),
+                    l::order_no.eq(&row.order_no),
+                    l::transaction_id.eq(transaction_id),
+                    l::amount_fen.eq(row.amount_fen),
+                    l::reason.eq("recharge"),
+                    l::created_at.eq(now),
+                ))
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    })
+    .await)?;
+    Ok(next)
+}
