@@ -18,6 +18,8 @@ use actix_web::{App, HttpServer, web};
 use crate::wechat::sign::SignType;
 use crate::wechat::xml::MAX_BODY;
 
+pub use notifier::RETRY_SCHEDULE_SECS;
+pub use state::Faults;
 use state::State;
 
 #[derive(Clone)]

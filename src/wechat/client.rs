@@ -395,6 +395,10 @@ impl WechatClient {
         };
         match &r {
             Ok(_) => tracing::debug!(api, ?elapsed, "wechat call ok"),
+            // Business answers are normal flow (ORDERPAID, ORDERNOTEXIST…); the rest is not.
+            Err(e @ (WechatError::Business { .. } | WechatError::Login { .. })) => {
+                tracing::info!(api, outcome, ?elapsed, error = %e, "wechat call refused")
+            }
             Err(e) => tracing::warn!(api, outcome, ?elapsed, error = %e, "wechat call failed"),
         }
         if let Some(o) = &self.observer {
@@ -679,6 +683,13 @@ mod tests {
             parse_session(b"<html>"),
             Err(WechatError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn client_is_send_sync_clone() {
+        fn check<T: Send + Sync + Clone>() {}
+        check::<WechatClient>();
+        check::<crate::sandbox::Sandbox>();
     }
 
     #[test]

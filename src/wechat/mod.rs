@@ -21,7 +21,7 @@ pub use pay_params::PayParams;
 pub use sign::{SignError, SignType, UnknownSignType};
 pub use xml::XmlError;
 
-/// Lower-level helper: uppercase hex, since digest 0.11 outputs have no `UpperHex`.
+/// Uppercase hex, since digest 0.11 outputs implement no `UpperHex`.
 pub(crate) fn upper_hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(bytes.len() * 2);

@@ -41,6 +41,8 @@ pub fn decode(body: &[u8]) -> Result<Params, XmlError> {
         return Err(XmlError::Doctype);
     }
     let text = std::str::from_utf8(body).map_err(|_| XmlError::Malformed("not UTF-8".into()))?;
+    // Some stacks prepend a BOM; it is not part of the document.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut reader = Reader::from_str(text);
     let mut params = Params::new();
     let mut depth = 0usize;
@@ -272,6 +274,10 @@ mod tests {
             Err(XmlError::Malformed(_))
         ));
         assert_eq!(decode(b"<xml/>"), Ok(Params::new()));
+        assert_eq!(
+            decode("\u{feff}<xml><a>1</a></xml>".as_bytes()).map(|p| p.len()),
+            Ok(1)
+        );
     }
 
     #[test]
