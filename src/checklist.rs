@@ -47,7 +47,7 @@ const MIN_TOKEN_LEN: usize = 32;
 
 /// Runs every check. A configuration that does not even load is one failed item.
 pub async fn run(settings: Result<Settings, ConfigError>) -> Vec<Item> {
-    let s = match settings {
+    let s = match settings.and_then(|s| s.check_against_wechat().map(|_| s)) {
         Ok(s) => s,
         Err(e) => {
             return vec![Item::new(

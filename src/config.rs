@@ -244,12 +244,6 @@ impl Settings {
         if order_expire_secs <= 0 {
             return Err(bad("ORDER_EXPIRE_SECONDS", "must be positive"));
         }
-        if order_expire_secs < MIN_EXPIRE_SECONDS_REAL_WECHAT && wechat.is_real_wechat() {
-            return Err(bad(
-                "ORDER_EXPIRE_SECONDS",
-                "must be at least 300 against WeChat: closeorder is refused within 5 minutes of creation",
-            ));
-        }
         let order_sweep_cron =
             opt(src, "ORDER_SWEEP_CRON").unwrap_or_else(|| "0 * * * * *".to_string());
         parse_cron("ORDER_SWEEP_CRON", &order_sweep_cron)?;
@@ -333,6 +327,18 @@ impl Settings {
         Ok(s)
     }
 
+    /// Rules that depend on where WeChat is; run again once `serve --sandbox` has pointed the
+    /// base URLs at the simulator.
+    pub fn check_against_wechat(&self) -> Result<(), ConfigError> {
+        if self.order_expire_secs < MIN_EXPIRE_SECONDS_REAL_WECHAT && self.wechat.is_real_wechat() {
+            return Err(bad(
+                "ORDER_EXPIRE_SECONDS",
+                "must be at least 300 against WeChat: closeorder is refused within 5 minutes of creation",
+            ));
+        }
+        Ok(())
+    }
+
     fn wechat_from(src: &dyn Source) -> Result<WechatSettings, ConfigError> {
         let pay_api_base = opt(src, "WECHAT_PAY_API_BASE")
             .unwrap_or_else(|| WECHAT_PAY_API_BASE_DEFAULT.into())
@@ -370,7 +376,8 @@ impl Settings {
             let parsed = url::Url::parse(u)
                 .map_err(|e| bad("WECHAT_PAY_NOTIFY_URL", format!("{u:?} is not a URL: {e}")))?;
             // WeChat requires HTTPS; plain http is only for a non-WeChat (sandbox) base URL.
-            if parsed.scheme() != "https" && !(parsed.scheme() == "http" && !real) {
+            let plain_http_ok = parsed.scheme() == "http" && !real;
+            if parsed.scheme() != "https" && !plain_http_ok {
                 return Err(bad(
                     "WECHAT_PAY_NOTIFY_URL",
                     format!("{u:?} must be an https:// URL reachable from the internet"),
@@ -466,7 +473,6 @@ mod tests {
             ("TRUSTED_PROXIES", "nonsense"),
             ("ORDER_SWEEP_CRON", "*/15 * * * *"),
             ("WECHAT_PAY_SIGN_TYPE", "SHA1"),
-            ("ORDER_EXPIRE_SECONDS", "60"),
             ("LOG_FORMAT", "xml"),
             ("BIND_ADDR", "localhost"),
             ("DATABASE_URL", "postgres://x"),
@@ -478,6 +484,13 @@ mod tests {
     }
 
     #[test]
+    fn short_expiry_refused_against_real_wechat() {
+        let s = Settings::from_source(&src(&[("ORDER_EXPIRE_SECONDS", "60")])).expect("parses");
+        let err = s.check_against_wechat().expect_err("60 s against WeChat");
+        assert_eq!(err.var, "ORDER_EXPIRE_SECONDS");
+    }
+
+    #[test]
     fn short_expiry_and_http_notify_only_against_a_sandbox() {
         let s = Settings::from_source(&src(&[
             ("WECHAT_PAY_API_BASE", "http://127.0.0.1:9/sandbox"),
@@ -486,6 +499,7 @@ mod tests {
         ]))
         .expect("sandbox settings");
         assert_eq!(s.order_expire_secs, 2);
+        assert!(s.check_against_wechat().is_ok());
     }
 
     #[test]

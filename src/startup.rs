@@ -137,6 +137,7 @@ impl Application {
         let listener = bind(settings.bind_addr)?;
         let addr = listener.local_addr()?;
         let sandbox_cfg = sandbox.then(|| apply_sandbox(&mut settings, addr));
+        settings.check_against_wechat()?;
 
         let missing = settings.wechat.missing_pay();
         if !missing.is_empty() {

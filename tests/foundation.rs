@@ -43,7 +43,10 @@ async fn migrations_are_idempotent() {
         assert!(out.contains("applied 2 migration(s)"), "{out}");
         let (code, out, err) = run_cmd(&["migrate"], &env);
         assert_eq!(code, 0, "{err}");
-        assert!(out.contains("applied 0 migration(s)"), "second run must be a no-op: {out}");
+        assert!(
+            out.contains("applied 0 migration(s)"),
+            "second run must be a no-op: {out}"
+        );
         // And the server starting on the migrated database applies nothing either.
         let app = app(&db).spawn();
         assert!(app.logs().contains("applied=0") || !app.logs().contains("applied=2"));
@@ -63,11 +66,20 @@ async fn readyz_reports_a_stopped_redis_and_a_working_one() {
     assert_eq!(r.status, 503, "{}", r.text());
     let v = r.json();
     assert_eq!(v["checks"]["database"], "ok", "{v}");
-    assert!(v["checks"]["redis"].as_str().unwrap_or("").starts_with("down"), "{v}");
+    assert!(
+        v["checks"]["redis"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("down"),
+        "{v}"
+    );
     // Payment still works without Redis: numbers fall back to the local scheme.
     let (token, _) = app1.login("redis-down-user").await;
     let order = app1.create_order(&token, 1).await;
-    assert!(order["order_no"].as_str().unwrap_or("").contains('X'), "{order}");
+    assert!(
+        order["order_no"].as_str().unwrap_or("").contains('X'),
+        "{order}"
+    );
     drop(app1);
 
     if let Some((host, port)) = redis() {
@@ -85,10 +97,15 @@ async fn readyz_reports_a_stopped_redis_and_a_working_one() {
 async fn a_bad_setting_is_refused_by_name() {
     let cases = [
         ("WECHAT_PAY_API_KEY", "too-short"),
-        ("WECHAT_PAY_NOTIFY_URL", "http://pay.example.com/api/v1/client/coin/recharge/callback"),
+        (
+            "WECHAT_PAY_NOTIFY_URL",
+            "http://pay.example.com/api/v1/client/coin/recharge/callback",
+        ),
         ("WECHAT_PAY_IP_WHITELIST", "101.226.103.0/99"),
         ("ORDER_SWEEP_CRON", "*/5 * * * *"),
         ("WECHAT_PAY_SIGN_TYPE", "SHA1"),
+        ("ORDER_EXPIRE_SECONDS", "60"),
+        ("TRUSTED_PROXIES", "not-a-cidr"),
     ];
     for (var, value) in cases {
         let env = HashMap::from([
@@ -108,13 +125,18 @@ async fn incomplete_pay_settings_warn_exactly_and_still_serve() {
     let r = app.get("/api/v1/client/coin/packages", None).await;
     assert_eq!(r.status, 200);
     assert!(
-        app.logs().contains("微信支付配置不完整，支付功能可能不可用"),
+        app.logs()
+            .contains("微信支付配置不完整，支付功能可能不可用"),
         "{}",
         app.logs()
     );
     // Payment itself answers a clear error.
     let r = app
-        .post_json("/api/v1/client/auth/login", None, &serde_json::json!({"code": "x"}))
+        .post_json(
+            "/api/v1/client/auth/login",
+            None,
+            &serde_json::json!({"code": "x"}),
+        )
         .await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "login_unavailable");
@@ -170,10 +192,16 @@ async fn check_config_empty_and_complete() {
     let _ = db.pool().await;
     let mut env = HashMap::from([
         ("DATABASE_URL".to_string(), db.url.clone()),
-        ("WECHAT_APP_ID".to_string(), "wxd930ea5d5a258f4f".to_string()),
+        (
+            "WECHAT_APP_ID".to_string(),
+            "wxd930ea5d5a258f4f".to_string(),
+        ),
         ("WECHAT_APP_SECRET".to_string(), "secret".to_string()),
         ("WECHAT_PAY_MCH_ID".to_string(), "10000100".to_string()),
-        ("WECHAT_PAY_API_KEY".to_string(), "192006250b4c09247ec02edce69f6a2d".to_string()),
+        (
+            "WECHAT_PAY_API_KEY".to_string(),
+            "192006250b4c09247ec02edce69f6a2d".to_string(),
+        ),
         (
             "WECHAT_PAY_NOTIFY_URL".to_string(),
             "https://pay.example.com/api/v1/client/coin/recharge/callback".to_string(),
@@ -190,8 +218,14 @@ async fn check_config_empty_and_complete() {
     assert!(out.contains("✓ 数据库迁移脚本已执行"), "{out}");
     assert!(out.contains("✓ 测试接口调用正常"), "{out}");
     assert!(out.contains("all required items hold"), "{out}");
-    assert!(out.contains("✗ ADMIN_API_TOKEN 已配置（可选） — WARNING"), "{out}");
-    assert!(!out.contains("192006250b4c09247ec02edce69f6a2d"), "the key must not be printed");
+    assert!(
+        out.contains("✗ ADMIN_API_TOKEN 已配置（可选） — WARNING"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("192006250b4c09247ec02edce69f6a2d"),
+        "the key must not be printed"
+    );
     if redis().is_some() {
         assert!(out.contains("✓ Redis已配置"), "{out}");
     }
@@ -200,7 +234,13 @@ async fn check_config_empty_and_complete() {
 
 #[actix_web::test]
 async fn cli_help_for_each_subcommand() {
-    for sub in [vec!["--help"], vec!["serve", "--help"], vec!["migrate", "--help"], vec!["check-config", "--help"], vec!["sandbox", "--help"]] {
+    for sub in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["migrate", "--help"],
+        vec!["check-config", "--help"],
+        vec!["sandbox", "--help"],
+    ] {
         let (code, out, err) = run_cmd(&sub, &HashMap::new());
         assert_eq!(code, 0, "{sub:?}: {err}");
         assert!(out.contains("Usage"), "{out}");

@@ -2,7 +2,7 @@
 //! (threads), and replaces an actor whose mailbox has closed (stopped or died).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,8 +13,11 @@ use super::actor::{Command, Handle, OrderActor, OrderCore, OrderError, OrderRepl
 
 const SHARDS: usize = 32;
 
+/// order_no → (generation, address); the generation tells a stale actor's removal apart.
+type Shard = Mutex<HashMap<String, (u64, Addr<OrderActor>)>>;
+
 pub struct RegistryInner {
-    shards: Vec<Mutex<HashMap<String, (u64, Addr<OrderActor>)>>>,
+    shards: Vec<Shard>,
     hasher: std::collections::hash_map::RandomState,
     arbiters: Vec<ArbiterHandle>,
     generation: AtomicU64,
@@ -25,9 +28,7 @@ pub struct RegistryInner {
 
 impl RegistryInner {
     fn shard(&self, order_no: &str) -> usize {
-        let mut h = self.hasher.build_hasher();
-        order_no.hash(&mut h);
-        (h.finish() as usize) % SHARDS
+        (self.hasher.hash_one(order_no) as usize) % SHARDS
     }
 
     /// Called by an actor that stops; removes it only if it is still the registered one.

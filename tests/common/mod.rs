@@ -33,8 +33,12 @@ pub fn backends() -> Vec<Backend> {
     let mut v = vec![Backend::Sqlite];
     match std::env::var("COINPAY_TEST_MYSQL_URL") {
         Ok(url) if !url.is_empty() => v.push(Backend::Mysql(url)),
-        _ if required() => panic!("COINPAY_TEST_MYSQL_URL is not set: run the suite with scripts/test.sh"),
-        _ => eprintln!("SKIPPING the MariaDB variant: COINPAY_TEST_MYSQL_URL is not set (run scripts/test.sh)"),
+        _ if required() => {
+            panic!("COINPAY_TEST_MYSQL_URL is not set: run the suite with scripts/test.sh")
+        }
+        _ => eprintln!(
+            "SKIPPING the MariaDB variant: COINPAY_TEST_MYSQL_URL is not set (run scripts/test.sh)"
+        ),
     }
     v
 }
@@ -54,7 +58,9 @@ pub fn redis() -> Option<(String, u16)> {
         .and_then(|p| p.parse().ok());
     match (host, port) {
         (Some(h), Some(p)) => Some((h, p)),
-        _ if required() => panic!("COINPAY_TEST_REDIS_HOST/PORT are not set: run the suite with scripts/test.sh"),
+        _ if required() => {
+            panic!("COINPAY_TEST_REDIS_HOST/PORT are not set: run the suite with scripts/test.sh")
+        }
         _ => {
             eprintln!("SKIPPING the Redis part: COINPAY_TEST_REDIS_HOST is not set");
             None
@@ -105,7 +111,9 @@ impl TestDb {
     }
 
     pub async fn pool(&self) -> DbPool {
-        coinpay::store::run_migrations(&self.url).await.expect("migrate");
+        coinpay::store::run_migrations(&self.url)
+            .await
+            .expect("migrate");
         DbPool::connect(&self.url, 4).await.expect("pool")
     }
 
@@ -351,7 +359,10 @@ impl App {
     }
     pub async fn order(&self, token: &str, order_no: &str) -> Value {
         let r = self
-            .get(&format!("/api/v1/client/coin/recharge/order/{order_no}"), Some(token))
+            .get(
+                &format!("/api/v1/client/coin/recharge/order/{order_no}"),
+                Some(token),
+            )
             .await;
         assert_eq!(r.status, 200, "{}", r.text());
         r.json()
@@ -399,7 +410,12 @@ impl App {
 }
 
 /// A signed notification for `order_no` as the simulator's WeChat would send it.
-pub fn notification(order_no: &str, txn: &str, total_fee: i64, tweak: impl FnOnce(&mut coinpay::wechat::Params)) -> Vec<u8> {
+pub fn notification(
+    order_no: &str,
+    txn: &str,
+    total_fee: i64,
+    tweak: impl FnOnce(&mut coinpay::wechat::Params),
+) -> Vec<u8> {
     let c = sandbox_creds();
     let mut p = coinpay::wechat::Params::new();
     for (k, v) in [
