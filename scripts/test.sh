@@ -286,6 +286,23 @@ fi
 } >&2
 
 # ---------------------------------------------------------------------------------------------
+# >>> deploy checks (scripts/check-deploy.sh: promtool on deploy/prometheus, dashboard JSON)
+# A broken rule/config/dashboard always fails; promtool that cannot be installed (exit 2) is
+# fatal under CI=true and a loud skip otherwise.
+t0=$(now_ms)
+set +e
+bash "$ROOT/scripts/check-deploy.sh"
+DEPLOY_RC=$?
+set -e
+case $DEPLOY_RC in
+  0) ;;
+  2) missing "promtool (Debian package prometheus) is not available: deploy/ checks skipped" ;;
+  *) say "FATAL: scripts/check-deploy.sh failed (exit $DEPLOY_RC)"; exit 1 ;;
+esac
+say "deploy checks: $(( $(now_ms) - t0 )) ms"
+# <<< deploy checks
+
+# ---------------------------------------------------------------------------------------------
 # 5. Run the tests; the EXIT trap stops the servers.
 set +e
 CARGO_STARTED=1

@@ -194,7 +194,7 @@ impl Metrics {
         );
         r.register(
             "coinpay_sweeper_lease_held",
-            "1 while this instance holds the sweeper lease",
+            "Whether this instance holds the sweeper lease (1) or not (0)",
             m.sweeper_lease_held.clone(),
         );
         r.register(
@@ -242,7 +242,92 @@ impl Metrics {
             "Order numbers made without Redis while Redis was configured",
             m.order_numbers_fallback.clone(),
         );
+        m.preinit();
         Metrics { registry: r, ..m }
+    }
+
+    /// Creates every known label set at 0: prometheus-client leaves a family without series out
+    /// of the scrape, and `increase()` cannot see the first event of a series that starts at 1.
+    fn preinit(&self) {
+        for o in [
+            "ok",
+            "duplicate",
+            "late_payment",
+            "double_payment",
+            "rejected",
+            "ip_denied",
+            "malformed",
+            "too_large",
+            "doctype",
+            "return_fail",
+            "bad_signature",
+            "appid_mismatch",
+            "mchid_mismatch",
+            "result_fail",
+            "missing_field",
+            "bad_field",
+            "amount_mismatch",
+            "unknown_order",
+            "storage_error",
+        ] {
+            let _ = self.notifications.get_or_create(&outcome(o));
+        }
+        for e in ["created", "paid", "expired", "failed"] {
+            let _ = self.orders.get_or_create(&EventLabels { event: e.into() });
+        }
+        for k in ["amount_mismatch", "double_payment"] {
+            let _ = self.anomalies.get_or_create(&KindLabels { kind: k.into() });
+        }
+        for api in ["unifiedorder", "orderquery", "closeorder", "jscode2session"] {
+            for o in [
+                "ok",
+                "business_error",
+                "bad_signature",
+                "transport_error",
+                "timeout",
+                "protocol_error",
+            ] {
+                let _ = self.wechat_calls.get_or_create(&ApiLabels {
+                    api: api.into(),
+                    outcome: o.into(),
+                });
+            }
+            let _ = self
+                .wechat_duration
+                .get_or_create(&ApiOnlyLabels { api: api.into() });
+        }
+        for o in ["ok", "partial", "error", "not_leader", "skipped_overlap"] {
+            let _ = self.sweeper_runs.get_or_create(&outcome(o));
+        }
+        for o in [
+            "looked_at",
+            "expired",
+            "recovered_paid",
+            "left_pending",
+            "failed",
+        ] {
+            let _ = self.sweeper_orders.get_or_create(&outcome(o));
+        }
+        for o in [
+            "ok",
+            "replayed",
+            "request_id_conflict",
+            "insufficient_balance",
+            "unknown_user",
+            "storage_error",
+        ] {
+            let _ = self.consumes.get_or_create(&outcome(o));
+        }
+        for k in [
+            "package_create",
+            "package_update",
+            "order_recheck",
+            "balance_adjust",
+        ] {
+            let _ = self
+                .admin_actions
+                .get_or_create(&KindLabels { kind: k.into() });
+        }
     }
 
     pub fn encode(&self) -> String {

@@ -7,7 +7,7 @@
 //!   into a retry by the caller.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bb8_redis::RedisConnectionManager;
@@ -20,12 +20,17 @@ pub type RedisPool = Pool<RedisConnectionManager>;
 
 /// Two days: a day's key outlives the day in every time zone.
 const KEY_TTL_SECS: i64 = 172_800;
+/// After a Redis failure, numbers are made locally for this long before Redis is tried again,
+/// so an outage costs one timeout, not one per order.
+const REDIS_RETRY_AFTER_MS: i64 = 5_000;
 
 #[derive(Clone)]
 pub struct OrderNumbers {
     redis: Option<RedisPool>,
     instance: String,
     counter: Arc<AtomicU64>,
+    /// Epoch ms before which Redis is not asked (it failed recently).
+    redis_down_until: Arc<AtomicI64>,
     metrics: Arc<Metrics>,
 }
 
@@ -63,6 +68,7 @@ impl OrderNumbers {
             redis,
             instance,
             counter: Arc::new(AtomicU64::new(rand::random::<u64>() % 100_000)),
+            redis_down_until: Arc::new(AtomicI64::new(0)),
             metrics,
         }
     }
@@ -71,13 +77,18 @@ impl OrderNumbers {
         let now = beijing_now();
         let stamp = now.format("%Y%m%d%H%M%S").to_string();
         if let Some(pool) = &self.redis {
-            match incr_day(pool, &now.format("%Y%m%d").to_string()).await {
-                Ok(seq) => return format!("CP{stamp}{:08}", seq % 100_000_000),
-                Err(e) => {
-                    self.metrics.order_numbers_fallback.inc();
-                    tracing::warn!(error = %e, "Redis unavailable for order numbers; using the local scheme");
+            let now_ms = now.timestamp_millis();
+            if now_ms >= self.redis_down_until.load(Ordering::Relaxed) {
+                match incr_day(pool, &now.format("%Y%m%d").to_string()).await {
+                    Ok(seq) => return format!("CP{stamp}{:08}", seq % 100_000_000),
+                    Err(e) => {
+                        self.redis_down_until
+                            .store(now_ms + REDIS_RETRY_AFTER_MS, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "Redis unavailable for order numbers; using the local scheme");
+                    }
                 }
             }
+            self.metrics.order_numbers_fallback.inc();
         }
         self.local(&stamp)
     }

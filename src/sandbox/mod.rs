@@ -178,6 +178,8 @@ pub async fn run_standalone(bind: SocketAddr, cfg: SandboxConfig) -> std::io::Re
     .bind(bind)?;
     for addr in server.addrs() {
         tracing::info!(%addr, "WeChat Pay sandbox listening");
+        // Machine-readable, like `serve`: scripts and tests read the bound port here.
+        println!("coinpay sandbox listening on http://{addr}");
     }
     server.run().await
 }

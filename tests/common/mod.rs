@@ -231,7 +231,10 @@ fn spawn(env: HashMap<String, String>, args: &[String]) -> App {
     let l = logs.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("coinpay listening on http://") {
+            if let Some(rest) = line
+                .strip_prefix("coinpay listening on http://")
+                .or_else(|| line.strip_prefix("coinpay sandbox listening on http://"))
+            {
                 let _ = tx.send(rest.to_string());
             }
             let mut g = l.lock().unwrap_or_else(|p| p.into_inner());
@@ -457,3 +460,73 @@ where
 }
 
 pub const SUCCESS: &str = coinpay::wechat::xml::SUCCESS_REPLY;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A simulator in its own process (it outlives coinpay restarts), on a random port.
+pub fn standalone_sandbox(time_scale: &str) -> App {
+    let mut env = HashMap::new();
+    env.insert(
+        "WECHAT_SANDBOX_TIME_SCALE".to_string(),
+        time_scale.to_string(),
+    );
+    env.insert("RUST_LOG".to_string(), "info".to_string());
+    spawn(
+        env,
+        &[
+            "sandbox".to_string(),
+            "--bind".to_string(),
+            "127.0.0.1:0".to_string(),
+        ],
+    )
+}
+
+impl AppBuilder {
+    /// Plain `serve` on a fixed port against a standalone simulator, so that the simulator's
+    /// notifications find the service again after a restart.
+    pub fn against(self, sandbox: &App, port: u16) -> Self {
+        let c = sandbox_creds();
+        self.args(&["serve"])
+            .env("BIND_ADDR", &format!("127.0.0.1:{port}"))
+            .env("WECHAT_APP_ID", &c.app_id)
+            .env("WECHAT_APP_SECRET", &c.app_secret)
+            .env("WECHAT_PAY_MCH_ID", &c.mch_id)
+            .env("WECHAT_PAY_API_KEY", &c.api_key)
+            .env(
+                "WECHAT_PAY_NOTIFY_URL",
+                &format!("http://127.0.0.1:{port}/api/v1/client/coin/recharge/callback"),
+            )
+            .env("WECHAT_PAY_API_BASE", &sandbox.base)
+            .env("WECHAT_API_BASE", &sandbox.base)
+            .env("WECHAT_PAY_IP_WHITELIST", "127.0.0.0/8")
+    }
+}
+
+impl App {
+    /// The simulator's view of an order (standalone simulator: paths at the root).
+    pub async fn sim_order(&self, prefix: &str, order_no: &str) -> serde_json::Value {
+        let r = self
+            .get(&format!("{prefix}/simulate/orders/{order_no}"), None)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+    pub async fn sim_pay(&self, prefix: &str, order_no: &str, query: &str) -> Resp {
+        let url = self.url(&format!("{prefix}/simulate/pay/{order_no}?{query}"));
+        send(client().post(url), None).await
+    }
+}
+
+/// The value of one sample (`name` with its labels, exactly as exposed), if present.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?;
+        let v = rest.strip_prefix(' ')?;
+        v.split_whitespace().next()?.parse().ok()
+    })
+}
