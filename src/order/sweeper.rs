@@ -174,54 +174,96 @@ pub async fn run_once(
             return None;
         }
     }
-    let mut report = SweepReport::default();
-    let mut seen = std::collections::HashSet::new();
-    let mut completed = true;
-    for batch_no in 0..MAX_BATCHES {
-        if batch_no > 0 {
-            // Renew before each batch; a lost lease means another instance took over.
-            match hold_lease(&cfg, &db).await {
-                Ok(true) => {}
-                _ => {
+    // Renewed in the background for as long as the run lasts (slow WeChat calls included); a
+    // lost lease means another instance took over, and this run stops after its current orders.
+    let lost = Arc::new(AtomicBool::new(false));
+    let renew = {
+        let (cfg, db, metrics, lost) = (cfg.clone(), db.clone(), metrics.clone(), lost.clone());
+        async move {
+            loop {
+                tokio::time::sleep(cfg.lease / 3).await;
+                if !matches!(hold_lease(&cfg, &db).await, Ok(true)) {
                     tracing::warn!("sweeper lease lost mid-run; stopping");
                     metrics.sweeper_lease_held.set(0);
-                    completed = false;
-                    break;
+                    lost.store(true, Ordering::Relaxed);
+                    return;
                 }
             }
         }
-        let due = match orders::overdue(&db, now_ms(), cfg.batch_size as i64).await {
+    };
+    let halted = {
+        let (stopping, lost) = (stopping.clone(), lost.clone());
+        move || stopping.load(Ordering::Relaxed) || lost.load(Ordering::Relaxed)
+    };
+    let work = sweep_batches(&cfg, &registry, &db, &halted);
+    let (report, completed) = {
+        let (work, renew) = (std::pin::pin!(work), std::pin::pin!(renew));
+        match futures_util::future::select(work, renew).await {
+            futures_util::future::Either::Left((done, _)) => done,
+            futures_util::future::Either::Right(((), work)) => work.await,
+        }
+    };
+    metrics.sweeper_order("looked_at", report.looked_at);
+    metrics.sweeper_order("expired", report.expired);
+    metrics.sweeper_order("recovered_paid", report.recovered_paid);
+    metrics.sweeper_order("left_pending", report.left_pending);
+    metrics.sweeper_order("failed", report.failed);
+    metrics.sweeper_run(if completed { "ok" } else { "partial" });
+    if completed {
+        metrics
+            .sweeper_last_success
+            .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+    }
+    tracing::info!(
+        looked_at = report.looked_at,
+        expired = report.expired,
+        recovered_paid = report.recovered_paid,
+        left_pending = report.left_pending,
+        failed = report.failed,
+        "sweep finished"
+    );
+    Some(report)
+}
+
+/// The batches of one run: (report, whether it finished rather than being halted).
+async fn sweep_batches(
+    cfg: &SweepConfig,
+    registry: &OrderRegistry,
+    db: &DbPool,
+    halted: &(dyn Fn() -> bool + Sync),
+) -> (SweepReport, bool) {
+    let mut report = SweepReport::default();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..MAX_BATCHES {
+        if halted() {
+            return (report, false);
+        }
+        let due = match orders::overdue(db, now_ms(), cfg.batch_size as i64).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "sweeper could not list overdue orders");
-                completed = false;
-                break;
+                return (report, false);
             }
         };
         let fresh: Vec<String> = due.into_iter().filter(|n| seen.insert(n.clone())).collect();
         if fresh.is_empty() {
-            break;
+            return (report, true);
         }
         let results: Vec<_> = futures_util::stream::iter(fresh)
-            .map(|order_no| {
-                let registry = registry.clone();
-                let stopping = stopping.clone();
-                async move {
-                    if stopping.load(Ordering::Relaxed) {
-                        return None;
-                    }
-                    let r = registry
-                        .send(&order_no, Command::Check { may_expire: true }, false)
-                        .await;
-                    Some((order_no, r))
+            .map(|order_no| async move {
+                if halted() {
+                    return None;
                 }
+                let r = registry
+                    .send(&order_no, Command::Check { may_expire: true }, false)
+                    .await;
+                Some((order_no, r))
             })
             .buffer_unordered(cfg.concurrency)
             .collect()
             .await;
         for item in results {
             let Some((order_no, r)) = item else {
-                completed = false;
                 continue;
             };
             report.looked_at += 1;
@@ -245,29 +287,6 @@ pub async fn run_once(
                 }
             }
         }
-        if stopping.load(Ordering::Relaxed) {
-            completed = false;
-            break;
-        }
     }
-    metrics.sweeper_order("looked_at", report.looked_at);
-    metrics.sweeper_order("expired", report.expired);
-    metrics.sweeper_order("recovered_paid", report.recovered_paid);
-    metrics.sweeper_order("left_pending", report.left_pending);
-    metrics.sweeper_order("failed", report.failed);
-    metrics.sweeper_run(if completed { "ok" } else { "partial" });
-    if completed {
-        metrics
-            .sweeper_last_success
-            .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
-    }
-    tracing::info!(
-        looked_at = report.looked_at,
-        expired = report.expired,
-        recovered_paid = report.recovered_paid,
-        left_pending = report.left_pending,
-        failed = report.failed,
-        "sweep finished"
-    );
-    Some(report)
+    (report, !halted())
 }
