@@ -148,6 +148,7 @@ pub fn build_notification(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wechat::sign::tests::v6;
     use std::time::Duration;
 
     const K1: &str = "192006250b4c09247ec02edce69f6a2d";
@@ -165,35 +166,6 @@ mod tests {
             timeout: Duration::from_secs(1),
             max_retries: 0,
         }
-    }
-
-    fn v6() -> Params {
-        [
-            ("appid", "wxd930ea5d5a258f4f"),
-            ("mch_id", "10000100"),
-            ("nonce_str", "5d2b6c2a8db53831f7eda20af46e531c"),
-            ("result_code", "SUCCESS"),
-            ("return_code", "SUCCESS"),
-            ("openid", "oUpF8uMEb4qRXf22hE3X68TekukE"),
-            ("is_subscribe", "N"),
-            ("trade_type", "JSAPI"),
-            ("bank_type", "OTHERS"),
-            ("total_fee", "100"),
-            ("fee_type", "CNY"),
-            ("cash_fee", "90"),
-            ("coupon_fee", "10"),
-            ("coupon_count", "1"),
-            ("coupon_id_0", "10000"),
-            ("coupon_fee_0", "10"),
-            ("coupon_type_0", "CASH"),
-            ("transaction_id", "4200000540202005267407409907"),
-            ("out_trade_no", "CR20240101000001"),
-            ("attach", "算力充值"),
-            ("time_end", "20240101120000"),
-        ]
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
     }
 
     #[test]

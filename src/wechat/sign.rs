@@ -136,7 +136,7 @@ pub fn nonce() -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const K1: &str = "192006250b4c09247ec02edce69f6a2d";
