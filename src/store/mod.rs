@@ -66,18 +66,19 @@ pub enum DbPool {
     },
 }
 
-/// Runs `$body` with `$conn` bound to a read connection of either backend.
+/// Runs `$body` with `$conn` bound to a connection of either backend: the body is type-checked
+/// once per backend. `$sqlite` picks the SQLite pool (`read` or `write`); MySQL has one pool.
 #[macro_export]
-macro_rules! with_read {
-    ($pool:expr, $conn:ident => $body:expr) => {{
+macro_rules! with_conn {
+    ($pool:expr, $sqlite:ident, $conn:ident => $body:expr) => {{
         match $pool {
             $crate::store::DbPool::Mysql(p) => {
                 let mut g = p.get().await?;
                 let $conn = &mut *g;
                 $body
             }
-            $crate::store::DbPool::Sqlite { read, .. } => {
-                let mut g = read.get().await?;
+            $crate::store::DbPool::Sqlite { $sqlite: p, .. } => {
+                let mut g = p.get().await?;
                 let $conn = &mut *g;
                 $body
             }
@@ -85,23 +86,20 @@ macro_rules! with_read {
     }};
 }
 
-/// Runs `$body` with `$conn` bound to a write connection of either backend.
+/// A read connection of either backend.
+#[macro_export]
+macro_rules! with_read {
+    ($pool:expr, $conn:ident => $body:expr) => {
+        $crate::with_conn!($pool, read, $conn => $body)
+    };
+}
+
+/// A write connection of either backend (on SQLite, the single writer).
 #[macro_export]
 macro_rules! with_write {
-    ($pool:expr, $conn:ident => $body:expr) => {{
-        match $pool {
-            $crate::store::DbPool::Mysql(p) => {
-                let mut g = p.get().await?;
-                let $conn = &mut *g;
-                $body
-            }
-            $crate::store::DbPool::Sqlite { write, .. } => {
-                let mut g = write.get().await?;
-                let $conn = &mut *g;
-                $body
-            }
-        }
-    }};
+    ($pool:expr, $conn:ident => $body:expr) => {
+        $crate::with_conn!($pool, write, $conn => $body)
+    };
 }
 
 pub fn now_ms() -> i64 {
