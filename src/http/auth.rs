@@ -127,7 +127,10 @@ impl FromRequest for AuthUser {
             let now = chrono::Utc::now().timestamp();
             st.jwt
                 .verify(token, now)
-                .map(AuthUser)
+                .map(|id| {
+                    tracing::Span::current().record("user_id", id);
+                    AuthUser(id)
+                })
                 .map_err(|e| match e {
                     TokenError::Expired => AppError::Unauthorized("token expired"),
                     _ => AppError::Unauthorized("invalid token"),

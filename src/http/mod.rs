@@ -110,7 +110,14 @@ where
     let metrics = req
         .app_data::<web::Data<AppState>>()
         .map(|s| s.metrics.clone());
-    let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %req.path());
+    // user_id is filled in by the AuthUser extractor once the token is checked.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %method,
+        path = %req.path(),
+        user_id = tracing::field::Empty
+    );
     let fut = srv.call(req);
     async move {
         let res = fut.await;
