@@ -57,13 +57,26 @@ impl From<RunError> for StoreError {
 
 /// The pools. SQLite allows one writer at a time, so writes go through a single connection
 /// (serialised in-process, no busy-handler back-off tails) and reads through the others.
+/// Writers queue for that connection first come, first served at `write_gate`: bb8 alone lets a
+/// caller that arrives while the connection is idle take it ahead of those already waiting,
+/// which under load starved some writers for seconds.
 #[derive(Clone)]
 pub enum DbPool {
     Mysql(Pool<AsyncMysqlConnection>),
     Sqlite {
         read: Pool<SqliteConn>,
         write: Pool<SqliteConn>,
+        write_gate: std::sync::Arc<tokio::sync::Semaphore>,
     },
+}
+
+/// A turn at SQLite's write connection, in arrival order (see [`DbPool`]).
+pub async fn write_turn(
+    gate: &tokio::sync::Semaphore,
+) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
+    gate.acquire()
+        .await
+        .map_err(|e| StoreError::Connection(e.to_string()))
 }
 
 /// Runs `$body` with `$conn` bound to a connection of either backend: the body is type-checked
@@ -94,12 +107,18 @@ macro_rules! with_read {
     };
 }
 
-/// A write connection of either backend (on SQLite, the single writer).
+/// A write connection of either backend (on SQLite, the single writer, taken in turn).
 #[macro_export]
 macro_rules! with_write {
-    ($pool:expr, $conn:ident => $body:expr) => {
+    ($pool:expr, $conn:ident => $body:expr) => {{
+        let _turn = match $pool {
+            $crate::store::DbPool::Sqlite { write_gate, .. } => {
+                Some($crate::store::write_turn(write_gate).await?)
+            }
+            $crate::store::DbPool::Mysql(_) => None,
+        };
         $crate::with_conn!($pool, write, $conn => $body)
-    };
+    }};
 }
 
 pub fn now_ms() -> i64 {
@@ -145,9 +164,13 @@ impl DbPool {
                 let mut cfg = ManagerConfig::<SqliteConn>::default();
                 cfg.custom_setup = Box::new(sqlite_setup);
                 let mgr = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(&path, cfg);
+                // No `SELECT 1` at every checkout: a local file connection does not go stale
+                // the way a network one does, and on the single writer that check was one more
+                // blocking hand-over inside every write's turn.
                 Pool::builder()
                     .max_size(n)
                     .connection_timeout(std::time::Duration::from_secs(10))
+                    .test_on_check_out(false)
                     .build(mgr)
             };
             let write = build(1)
@@ -156,7 +179,11 @@ impl DbPool {
             let read = build(size.max(1))
                 .await
                 .map_err(|e| StoreError::Connection(e.to_string()))?;
-            Ok(DbPool::Sqlite { read, write })
+            Ok(DbPool::Sqlite {
+                read,
+                write,
+                write_gate: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+            })
         }
     }
 

@@ -163,6 +163,62 @@ pub async fn pending_stats(pool: &DbPool) -> Result<(i64, Option<i64>), StoreErr
         .await?))
 }
 
+/// The statements of one transition, written once and instantiated twice: with `await` for
+/// diesel-async (MySQL), without for sync diesel on SQLite's blocking writer thread. Evaluates
+/// to false when the compare-and-set matched no row (then nothing was written).
+macro_rules! transition_statements {
+    ($c:ident, $row:expr, $next:expr, $credit_txn:expr, $now:expr $(, $aw:tt)?) => {{
+        let (row, next, now): (&OrderRow, &OrderRow, i64) = ($row, $next, $now);
+        let n = diesel::update(
+            o::table
+                .filter(o::order_no.eq(&row.order_no))
+                .filter(o::version.eq(row.version)),
+        )
+        .set((
+            o::status.eq(&next.status),
+            o::version.eq(next.version),
+            o::prepay_id.eq(&next.prepay_id),
+            o::transaction_id.eq(&next.transaction_id),
+            o::err_code.eq(&next.err_code),
+            o::paid_at.eq(next.paid_at),
+            o::updated_at.eq(now),
+        ))
+        .execute($c)
+        $(.$aw)??;
+        if n == 0 {
+            false
+        } else {
+            if let Some(transaction_id) = $credit_txn {
+                let credit = row.credit();
+                diesel::update(u::table.find(row.user_id))
+                    .set((u::balance.eq(u::balance + credit), u::updated_at.eq(now)))
+                    .execute($c)
+                    $(.$aw)??;
+                let balance_after: i64 = u::table
+                    .find(row.user_id)
+                    .select(u::balance)
+                    .first($c)
+                    $(.$aw)??;
+                diesel::insert_into(l::table)
+                    .values((
+                        l::user_id.eq(row.user_id),
+                        l::kind.eq(crate::store::ledger::KIND_RECHARGE),
+                        l::delta.eq(credit),
+                        l::balance_after.eq(balance_after),
+                        l::order_no.eq(&row.order_no),
+                        l::transaction_id.eq(transaction_id),
+                        l::amount_fen.eq(row.amount_fen),
+                        l::reason.eq("recharge"),
+                        l::created_at.eq(now),
+                    ))
+                    .execute($c)
+                    $(.$aw)??;
+            }
+            true
+        }
+    }};
+}
+
 /// Compare-and-set from `row` (at its version) to `to`, with the effect in the same
 /// transaction. `Err(Conflict)` when the row moved on meanwhile: reload and decide again.
 pub async fn apply(
@@ -176,64 +232,68 @@ pub async fn apply(
     next.status = to.as_str().to_string();
     next.version = row.version + 1;
     next.updated_at = now;
-    match effect {
-        Effect::StorePrepay { prepay_id } => next.prepay_id = Some(prepay_id.clone()),
-        Effect::StoreFailure { err_code } => next.err_code = Some(err_code.clone()),
-        Effect::Expire => {}
+    let credit_txn = match effect {
+        Effect::StorePrepay { prepay_id } => {
+            next.prepay_id = Some(prepay_id.clone());
+            None
+        }
+        Effect::StoreFailure { err_code } => {
+            next.err_code = Some(err_code.clone());
+            None
+        }
+        Effect::Expire => None,
         Effect::Credit { transaction_id } => {
             next.transaction_id = Some(transaction_id.clone());
             next.paid_at = Some(now);
+            Some(transaction_id.clone())
         }
+    };
+    let moved = match pool {
+        DbPool::Sqlite {
+            write, write_gate, ..
+        } => {
+            // The whole transaction in one blocking call: the single writer is held for the
+            // statements and the commit only, not for a thread hand-over per statement.
+            let _turn = super::write_turn(write_gate).await?;
+            let mut conn = write.get().await?;
+            let (row, next) = (row.clone(), next.clone());
+            conn.spawn_blocking(move |c| {
+                blocking::apply(c, &row, &next, credit_txn.as_deref(), now)
+            })
+            .await?
+        }
+        DbPool::Mysql(p) => {
+            let mut c = p.get().await?;
+            let (next_ref, credit) = (&next, credit_txn.as_deref());
+            c.transaction::<bool, StoreError, _>(async move |c| {
+                Ok(transition_statements!(c, row, next_ref, credit, now, await))
+            })
+            .await?
+        }
+    };
+    if moved {
+        Ok(next)
+    } else {
+        Err(StoreError::Conflict)
     }
-    let next_ref = &next;
-    with_write!(pool, conn => conn.transaction::<(), StoreError, _>(async move |conn| {
-        let n = diesel::update(
-            o::table
-                .filter(o::order_no.eq(&row.order_no))
-                .filter(o::version.eq(row.version)),
-        )
-        .set((
-            o::status.eq(&next_ref.status),
-            o::version.eq(next_ref.version),
-            o::prepay_id.eq(&next_ref.prepay_id),
-            o::transaction_id.eq(&next_ref.transaction_id),
-            o::err_code.eq(&next_ref.err_code),
-            o::paid_at.eq(next_ref.paid_at),
-            o::updated_at.eq(now),
-        ))
-        .execute(conn)
-        .await?;
-        if n == 0 {
-            return Err(StoreError::Conflict);
-        }
-        if let Effect::Credit { transaction_id } = effect {
-            let credit = row.credit();
-            diesel::update(u::table.find(row.user_id))
-                .set((u::balance.eq(u::balance + credit), u::updated_at.eq(now)))
-                .execute(conn)
-                .await?;
-            let balance_after: i64 = u::table
-                .find(row.user_id)
-                .select(u::balance)
-                .first(conn)
-                .await?;
-            diesel::insert_into(l::table)
-                .values((
-                    l::user_id.eq(row.user_id),
-                    l::kind.eq(super::ledger::KIND_RECHARGE),
-                    l::delta.eq(credit),
-                    l::balance_after.eq(balance_after),
-                    l::order_no.eq(&row.order_no),
-                    l::transaction_id.eq(transaction_id),
-                    l::amount_fen.eq(row.amount_fen),
-                    l::reason.eq("recharge"),
-                    l::created_at.eq(now),
-                ))
-                .execute(conn)
-                .await?;
-        }
-        Ok(())
-    })
-    .await)?;
-    Ok(next)
+}
+
+/// The SQLite instantiation, in a module of its own so that only sync diesel's `RunQueryDsl`
+/// is in scope.
+mod blocking {
+    use diesel::prelude::*;
+    use diesel::sqlite::SqliteConnection;
+
+    use super::OrderRow;
+    use crate::store::schema::{compute_logs as l, recharge_orders as o, users as u};
+
+    pub(super) fn apply(
+        c: &mut SqliteConnection,
+        row: &OrderRow,
+        next: &OrderRow,
+        credit_txn: Option<&str>,
+        now: i64,
+    ) -> QueryResult<bool> {
+        c.transaction(|c| Ok(transition_statements!(c, row, next, credit_txn, now)))
+    }
 }
