@@ -168,24 +168,14 @@ impl Application {
         let login = settings.wechat.login_complete().then_some(client);
 
         let settings = Arc::new(settings);
-        let arbiters: Vec<ArbiterHandle> = (0..std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(1, 8))
-            .map(|_| Arbiter::new().handle())
-            .collect();
+
         let core = Arc::new(OrderCore {
             db: db.clone(),
             wechat: pay,
             metrics: metrics.clone(),
             settings: settings.clone(),
         });
-        let registry = OrderRegistry::new(
-            core,
-            arbiters,
-            Duration::from_secs(60),
-            Duration::from_secs(30),
-        );
+        let registry = OrderRegistry::new(core, Duration::from_secs(60), Duration::from_secs(30));
         let numbers = OrderNumbers::new(
             redis.clone(),
             settings.instance_id.as_deref(),
