@@ -168,7 +168,11 @@ impl Handler<Handle> for OrderActor {
         let order_no = self.order_no.clone();
         let row = self.row.clone();
         let inject = msg.inject_panic && core.settings.fault_injection;
-        let span = tracing::info_span!("order", order_no = %order_no);
+        let span = tracing::info_span!(
+            "order",
+            order_no = %order_no,
+            user_id = row.as_ref().map(|r| r.user_id),
+        );
         let work = async move {
             if inject {
                 panic!("injected fault");
@@ -210,7 +214,10 @@ async fn process(
     let mut row = match row {
         Some(r) => r,
         None => match orders::get(&core.db, order_no).await {
-            Ok(Some(r)) => r,
+            Ok(Some(r)) => {
+                tracing::Span::current().record("user_id", r.user_id);
+                r
+            }
             Ok(None) => return (None, Err(OrderError::NotFound)),
             Err(e) => return (None, Err(e.into())),
         },
