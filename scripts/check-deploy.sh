@@ -129,24 +129,29 @@ tests:
         alertname: CoinpayLatePayments
         exp_alerts:
           - exp_labels: { severity: info, job: coinpay }
-  # coinpay_redis_up is 0 when Redis is not configured: no alert for that; one for a Redis that
-  # was up and went down.
+  # coinpay_redis_up is 0 when Redis is not configured: no alert for that; one for a configured
+  # Redis that went down, or that was never up.
   - interval: 1m
     input_series:
       - series: 'coinpay_redis_up{job="coinpay",instance="no-redis"}'
         values: '0x30'
-      - series: 'coinpay_order_number_fallbacks_total{job="coinpay",instance="no-redis"}'
+      - series: 'coinpay_redis_configured{job="coinpay",instance="no-redis"}'
         values: '0x30'
+      - series: 'coinpay_redis_up{job="coinpay",instance="never-up"}'
+        values: '0x30'
+      - series: 'coinpay_redis_configured{job="coinpay",instance="never-up"}'
+        values: '1x30'
       - series: 'coinpay_redis_up{job="coinpay",instance="with-redis"}'
         values: '1x10 0x20'
-      - series: 'coinpay_order_number_fallbacks_total{job="coinpay",instance="with-redis"}'
-        values: '0x30'
+      - series: 'coinpay_redis_configured{job="coinpay",instance="with-redis"}'
+        values: '1x30'
       - series: 'coinpay_db_up{job="coinpay",instance="with-redis"}'
         values: '1x10 0x20'
     alert_rule_test:
       - eval_time: 20m
         alertname: CoinpayRedisDown
         exp_alerts:
+          - exp_labels: { severity: warning, job: coinpay, instance: never-up }
           - exp_labels: { severity: warning, job: coinpay, instance: with-redis }
       - eval_time: 20m
         alertname: CoinpayDatabaseDown

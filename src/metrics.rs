@@ -74,6 +74,7 @@ pub struct Metrics {
     pub db_connections: Family<StateLabels, Gauge>,
     pub db_up: Gauge,
     pub redis_up: Gauge,
+    pub redis_configured: Gauge,
     pub actor_restarts: Counter,
     pub live_actors: Gauge,
     pub consumes: Family<OutcomeLabels, Counter>,
@@ -115,6 +116,7 @@ impl Metrics {
             db_connections: Family::default(),
             db_up: Gauge::default(),
             redis_up: Gauge::default(),
+            redis_configured: Gauge::default(),
             actor_restarts: Counter::default(),
             live_actors: Gauge::default(),
             consumes: Family::default(),
@@ -216,6 +218,11 @@ impl Metrics {
             "coinpay_redis_up",
             "1 when Redis answered the last check (0 also when not configured)",
             m.redis_up.clone(),
+        );
+        r.register(
+            "coinpay_redis_configured",
+            "1 when REDIS_HOST is set (then coinpay_redis_up 0 is an outage)",
+            m.redis_configured.clone(),
         );
         r.register(
             "coinpay_order_actor_restarts",

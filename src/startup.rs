@@ -157,6 +157,7 @@ impl Application {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
+        metrics.redis_configured.set(redis.is_some() as i64);
         let observer: CallObserver = {
             let m = metrics.clone();
             Arc::new(move |api, outcome, elapsed| {
