@@ -237,6 +237,9 @@ async fn forged_and_broken_notifications_change_nothing() {
             p.insert("result_code".into(), "FAIL".into());
         });
         let unknown_order = notification("CP00000000000000NOPE", txn, 600, |_| {});
+        let other_currency = notification(&no, txn, 600, |p| {
+            p.insert("fee_type".into(), "USD".into());
+        });
 
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("tampered", tampered.into_bytes()),
@@ -250,6 +253,7 @@ async fn forged_and_broken_notifications_change_nothing() {
             ("oversized", oversized.into_bytes()),
             ("result FAIL", result_fail),
             ("unknown order", unknown_order),
+            ("other currency", other_currency),
             ("empty", Vec::new()),
         ];
         for (name, body) in cases {

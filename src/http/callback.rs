@@ -76,6 +76,11 @@ pub async fn payment_notification(
             return fail(&st, e.outcome(), e.reply_msg());
         }
     };
+    // Our amounts are fen of CNY; any other currency cannot match an order.
+    if n.fee_type != "CNY" {
+        tracing::warn!(order_no = %n.out_trade_no, reason = "amount_mismatch", fee_type = %n.fee_type, "notification refused: not CNY");
+        return fail(&st, "amount_mismatch", "币种不一致");
+    }
     let inject_panic = st.settings.fault_injection
         && req
             .headers()
