@@ -380,7 +380,10 @@ impl App {
         }
         send(r, Some(body.to_vec())).await
     }
+    /// What the process printed so far. Its output is read by other threads: a line written
+    /// just before may still be on its way, so this lets them catch up first.
     pub fn logs(&self) -> String {
+        std::thread::sleep(Duration::from_millis(100));
         self.logs.lock().map(|g| g.clone()).unwrap_or_default()
     }
     pub fn pid(&self) -> u32 {
