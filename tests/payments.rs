@@ -439,20 +439,7 @@ async fn a_refused_unifiedorder_leaves_the_order_failed() {
     // The "WeChat" here knows another merchant id: it refuses our orders with MCHID_NOT_EXIST.
     let wechat = app(&db).env("WECHAT_PAY_MCH_ID", "1900000999").spawn();
     let sandbox = format!("{}/sandbox", wechat.base);
-    let c = sandbox_creds();
-    let app = common::app(&db)
-        .args(&["serve"])
-        .env("WECHAT_APP_ID", &c.app_id)
-        .env("WECHAT_APP_SECRET", &c.app_secret)
-        .env("WECHAT_PAY_MCH_ID", &c.mch_id)
-        .env("WECHAT_PAY_API_KEY", &c.api_key)
-        .env(
-            "WECHAT_PAY_NOTIFY_URL",
-            "http://127.0.0.1:9/api/v1/client/coin/recharge/callback",
-        )
-        .env("WECHAT_PAY_API_BASE", &sandbox)
-        .env("WECHAT_API_BASE", &sandbox)
-        .spawn();
+    let app = common::app(&db).against_base(&sandbox, free_port()).spawn();
     let (token, _) = app.login("refused").await;
     let r = app
         .post_json(
@@ -506,10 +493,7 @@ async fn a_panicking_actor_restarts_from_the_database() {
 async fn an_expired_order_paid_late_is_credited() {
     for backend in backends() {
         let db = TestDb::new(&backend).await;
-        let app = app(&db)
-            .env("ORDER_EXPIRE_SECONDS", "1")
-            .env("ORDER_SWEEP_CRON", "* * * * * *")
-            .spawn();
+        let app = app(&db).fast_sweeper().spawn();
         let (token, _) = app.login("late-payer").await;
         let order = app.create_order(&token, 1).await;
         let no = order["order_no"].as_str().expect("no").to_string();

@@ -26,10 +26,7 @@ async fn all_orders(db: &TestDb) -> Vec<orders::OrderRow> {
 async fn sweeper_expires_unpaid_orders_and_recovers_paid_ones() {
     for backend in backends() {
         let db = TestDb::new(&backend).await;
-        let app = app(&db)
-            .env("ORDER_EXPIRE_SECONDS", "1")
-            .env("ORDER_SWEEP_CRON", "* * * * * *")
-            .spawn();
+        let app = app(&db).fast_sweeper().spawn();
         let (token, _) = app.login("sweep-user").await;
         let unpaid = app.create_order(&token, 1).await["order_no"]
             .as_str()
@@ -246,11 +243,7 @@ async fn kill_minus_nine_loses_no_payment() {
         app1.kill9();
 
         // Back up, with the sweeper on, on the same port; WeChat's retries find it again.
-        let app2 = app(&db)
-            .against(&sim, port)
-            .env("ORDER_EXPIRE_SECONDS", "1")
-            .env("ORDER_SWEEP_CRON", "* * * * * *")
-            .spawn();
+        let app2 = app(&db).against(&sim, port).fast_sweeper().spawn();
         wait_until("every paid order credited", WAIT, || async {
             app2.balance(&token).await == 12 * 60
         })

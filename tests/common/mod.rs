@@ -162,6 +162,11 @@ pub fn app(db: &TestDb) -> AppBuilder {
 }
 
 impl AppBuilder {
+    /// Orders expire after a second and the sweeper runs every second.
+    pub fn fast_sweeper(self) -> Self {
+        self.env("ORDER_EXPIRE_SECONDS", "1")
+            .env("ORDER_SWEEP_CRON", "* * * * * *")
+    }
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.insert(k.into(), v.into());
         self
@@ -493,6 +498,11 @@ impl AppBuilder {
     /// Plain `serve` on a fixed port against a standalone simulator, so that the simulator's
     /// notifications find the service again after a restart.
     pub fn against(self, sandbox: &App, port: u16) -> Self {
+        self.against_base(&sandbox.base, port)
+    }
+
+    /// Plain `serve` on `port`, using the simulator at `base` as WeChat.
+    pub fn against_base(self, base: &str, port: u16) -> Self {
         let c = sandbox_creds();
         self.args(&["serve"])
             .env("BIND_ADDR", &format!("127.0.0.1:{port}"))
@@ -504,8 +514,8 @@ impl AppBuilder {
                 "WECHAT_PAY_NOTIFY_URL",
                 &format!("http://127.0.0.1:{port}/api/v1/client/coin/recharge/callback"),
             )
-            .env("WECHAT_PAY_API_BASE", &sandbox.base)
-            .env("WECHAT_API_BASE", &sandbox.base)
+            .env("WECHAT_PAY_API_BASE", base)
+            .env("WECHAT_API_BASE", base)
             .env("WECHAT_PAY_IP_WHITELIST", "127.0.0.0/8")
     }
 }
