@@ -152,6 +152,10 @@ pub struct Settings {
     pub instance_id: Option<String>,
     pub sandbox_time_scale: f64,
     pub shutdown_timeout_secs: u64,
+    /// An order actor stops after this long without messages...
+    pub actor_idle_secs: u64,
+    /// ...or this long after its order reached a terminal state.
+    pub actor_linger_secs: u64,
     pub fault_injection: bool,
 }
 
@@ -309,6 +313,8 @@ impl Settings {
             instance_id: opt(src, "INSTANCE_ID"),
             sandbox_time_scale,
             shutdown_timeout_secs: parse_or(src, "SHUTDOWN_TIMEOUT_SECONDS", 20)?,
+            actor_idle_secs: parse_or(src, "ORDER_ACTOR_IDLE_SECONDS", 60)?,
+            actor_linger_secs: parse_or(src, "ORDER_ACTOR_LINGER_SECONDS", 30)?,
             fault_injection: opt(src, "COINPAY_FAULT_INJECTION").as_deref() == Some("1"),
             database_url,
         };
@@ -319,6 +325,12 @@ impl Settings {
             return Err(bad(
                 "ORDER_SWEEP_BATCH",
                 "batch size and ORDER_SWEEP_CONCURRENCY must be at least 1",
+            ));
+        }
+        if s.actor_idle_secs == 0 || s.actor_linger_secs == 0 {
+            return Err(bad(
+                "ORDER_ACTOR_IDLE_SECONDS",
+                "actor idle and linger times (ORDER_ACTOR_LINGER_SECONDS) must be at least 1",
             ));
         }
         if s.lease_secs < 5 {

@@ -176,7 +176,11 @@ impl Application {
             metrics: metrics.clone(),
             settings: settings.clone(),
         });
-        let registry = OrderRegistry::new(core, Duration::from_secs(60), Duration::from_secs(30));
+        let registry = OrderRegistry::new(
+            core,
+            Duration::from_secs(settings.actor_idle_secs),
+            Duration::from_secs(settings.actor_linger_secs),
+        );
         let numbers = OrderNumbers::new(
             redis.clone(),
             settings.instance_id.as_deref(),

@@ -514,3 +514,37 @@ async fn an_expired_order_paid_late_is_credited() {
         db.assert_invariants().await;
     }
 }
+
+#[actix_web::test]
+async fn settled_order_actors_stop_and_come_back_from_the_database() {
+    let db = TestDb::new(&Backend::Sqlite).await;
+    let app = app(&db)
+        .env("ORDER_ACTOR_LINGER_SECONDS", "1")
+        .env("ORDER_ACTOR_IDLE_SECONDS", "1")
+        .spawn();
+    let (token, _) = app.login("actor-life").await;
+    let no = app.create_order(&token, 1).await["order_no"]
+        .as_str()
+        .expect("no")
+        .to_string();
+    let body = notification(&no, "4200000000000000000000007777", 600, |_| {});
+    assert_eq!(app.notify_raw(&body, &[]).await.text(), SUCCESS);
+    let live = |m: String| sample(&m, "coinpay_order_actors").unwrap_or(-1.0);
+    assert!(
+        live(app.metrics().await) >= 1.0,
+        "the paid order's actor is alive"
+    );
+    wait_until("terminal actors stop", Duration::from_secs(10), || async {
+        live(app.metrics().await) == 0.0
+    })
+    .await;
+    // A late duplicate starts a fresh actor that loads the paid order: nothing more credited.
+    assert_eq!(app.notify_raw(&body, &[]).await.text(), SUCCESS);
+    assert_eq!(app.balance(&token).await, 60);
+    let m = app.metrics().await;
+    assert_eq!(
+        sample(&m, "coinpay_notifications_total{outcome=\"duplicate\"}"),
+        Some(1.0)
+    );
+    db.assert_invariants().await;
+}
