@@ -157,6 +157,8 @@ pub struct Settings {
     /// ...or this long after its order reached a terminal state.
     pub actor_linger_secs: u64,
     pub fault_injection: bool,
+    /// HTTP worker threads (default: one per core).
+    pub http_workers: Option<usize>,
 }
 
 /// Where settings come from: the process environment in production, a map in unit tests.
@@ -315,6 +317,15 @@ impl Settings {
             shutdown_timeout_secs: parse_or(src, "SHUTDOWN_TIMEOUT_SECONDS", 20)?,
             actor_idle_secs: parse_or(src, "ORDER_ACTOR_IDLE_SECONDS", 60)?,
             actor_linger_secs: parse_or(src, "ORDER_ACTOR_LINGER_SECONDS", 30)?,
+            http_workers: opt(src, "HTTP_WORKERS")
+                .map(|v| match v.parse::<usize>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err(bad(
+                        "HTTP_WORKERS",
+                        format!("{v:?} is not a positive number"),
+                    )),
+                })
+                .transpose()?,
             fault_injection: opt(src, "COINPAY_FAULT_INJECTION").as_deref() == Some("1"),
             database_url,
         };
@@ -327,11 +338,11 @@ impl Settings {
                 "batch size and ORDER_SWEEP_CONCURRENCY must be at least 1",
             ));
         }
-        if s.actor_idle_secs == 0 || s.actor_linger_secs == 0 {
-            return Err(bad(
-                "ORDER_ACTOR_IDLE_SECONDS",
-                "actor idle and linger times (ORDER_ACTOR_LINGER_SECONDS) must be at least 1",
-            ));
+        if s.actor_idle_secs == 0 {
+            return Err(bad("ORDER_ACTOR_IDLE_SECONDS", "must be at least 1"));
+        }
+        if s.actor_linger_secs == 0 {
+            return Err(bad("ORDER_ACTOR_LINGER_SECONDS", "must be at least 1"));
         }
         if s.lease_secs < 5 {
             return Err(bad("ORDER_SWEEP_LEASE_SECONDS", "must be at least 5"));
@@ -488,6 +499,8 @@ mod tests {
             ("LOG_FORMAT", "xml"),
             ("BIND_ADDR", "localhost"),
             ("DATABASE_URL", "postgres://x"),
+            ("HTTP_WORKERS", "0"),
+            ("ORDER_ACTOR_LINGER_SECONDS", "0"),
         ];
         for (var, value) in cases {
             let err = Settings::from_source(&src(&[(var, value)])).expect_err(var);

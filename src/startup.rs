@@ -239,6 +239,11 @@ impl Application {
                 })
                 .default_service(web::to(http::not_found))
         })
+        .workers(
+            settings
+                .http_workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        )
         .listen(listener)?
         .shutdown_timeout(settings.shutdown_timeout_secs)
         .disable_signals()
