@@ -332,11 +332,11 @@ impl Settings {
         if s.db_pool_size == 0 {
             return Err(bad("DB_POOL_SIZE", "must be at least 1"));
         }
-        if s.sweep_batch_size == 0 || s.sweep_concurrency == 0 {
-            return Err(bad(
-                "ORDER_SWEEP_BATCH",
-                "batch size and ORDER_SWEEP_CONCURRENCY must be at least 1",
-            ));
+        if s.sweep_batch_size == 0 {
+            return Err(bad("ORDER_SWEEP_BATCH", "must be at least 1"));
+        }
+        if s.sweep_concurrency == 0 {
+            return Err(bad("ORDER_SWEEP_CONCURRENCY", "must be at least 1"));
         }
         if s.actor_idle_secs == 0 {
             return Err(bad("ORDER_ACTOR_IDLE_SECONDS", "must be at least 1"));
@@ -500,6 +500,8 @@ mod tests {
             ("BIND_ADDR", "localhost"),
             ("DATABASE_URL", "postgres://x"),
             ("HTTP_WORKERS", "0"),
+            ("ORDER_SWEEP_CONCURRENCY", "0"),
+            ("ORDER_SWEEP_BATCH", "0"),
             ("ORDER_ACTOR_LINGER_SECONDS", "0"),
         ];
         for (var, value) in cases {
