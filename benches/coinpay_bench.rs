@@ -551,8 +551,17 @@ async fn run_http(
             st
         }));
     }
+    merge(count, handles, started).await
+}
+
+/// Adds up the per-task figures of one scenario.
+async fn merge(
+    requested: usize,
+    handles: Vec<tokio::task::JoinHandle<Stats>>,
+    started: Instant,
+) -> Stats {
     let mut total = Stats {
-        requested: count,
+        requested,
         ..Default::default()
     };
     for h in handles {
@@ -613,22 +622,7 @@ async fn run_db(
             st
         }));
     }
-    let mut total = Stats {
-        requested: rows.len(),
-        ..Default::default()
-    };
-    for h in handles {
-        if let Ok(s) = h.await {
-            total.ok += s.ok;
-            total.errors += s.errors;
-            total.unsent += s.unsent;
-            total.lat_us.extend(s.lat_us);
-            total.samples.extend(s.samples);
-        }
-    }
-    total.secs = started.elapsed().as_secs_f64();
-    total.lat_us.sort_unstable();
-    total
+    merge(rows.len(), handles, started).await
 }
 
 // ------------------------------------------------------------------------------------------
