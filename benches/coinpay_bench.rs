@@ -881,27 +881,7 @@ async fn pending_orders(pool: &DbPool, users: &[i64], n: usize, tag: &str) -> Re
 
 fn notification(order: &OrderRow, txn: &str) -> Vec<u8> {
     let c = SandboxConfig::default_credentials();
-    let mut p = coinpay::wechat::Params::new();
-    let fee = order.amount_fen.to_string();
-    for (k, v) in [
-        ("appid", c.app_id.as_str()),
-        ("mch_id", c.mch_id.as_str()),
-        ("nonce_str", "5d2b6c2a8db53831f7eda20af46e531c"),
-        ("openid", "oBenchOpenid0000000000000000"),
-        ("is_subscribe", "N"),
-        ("trade_type", "JSAPI"),
-        ("bank_type", "OTHERS"),
-        ("fee_type", "CNY"),
-        ("result_code", "SUCCESS"),
-        ("return_code", "SUCCESS"),
-        ("time_end", "20261126120000"),
-        ("out_trade_no", order.order_no.as_str()),
-        ("transaction_id", txn),
-        ("total_fee", fee.as_str()),
-        ("cash_fee", fee.as_str()),
-    ] {
-        p.insert(k.into(), v.into());
-    }
+    let p = coinpay::sandbox::paid_notification_fields(&c, &order.order_no, txn, order.amount_fen);
     let body = coinpay::wechat::notify::build_notification(&p, &c.api_key, c.sign_type, false);
     request("POST", CALLBACK, "text/xml", None, body.as_bytes())
 }

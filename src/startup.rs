@@ -81,15 +81,7 @@ fn apply_sandbox(settings: &mut Settings, addr: SocketAddr) -> SandboxConfig {
             "::1/128".parse().unwrap_or_else(|_| unreachable!()),
         ]);
     }
-    SandboxConfig {
-        app_id: w.app_id.clone().unwrap_or_default(),
-        app_secret: w.app_secret.clone().unwrap_or_default(),
-        mch_id: w.mch_id.clone().unwrap_or_default(),
-        api_key: w.api_key.clone().unwrap_or_default(),
-        sign_type: w.sign_type(),
-        time_scale: settings.sandbox_time_scale,
-        ..defaults
-    }
+    sandbox_config_from(settings)
 }
 
 fn wechat_config(s: &Settings) -> WechatConfig {

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use actix_web::{App, HttpServer, web};
 
+use crate::wechat::Params;
 use crate::wechat::sign::SignType;
 use crate::wechat::xml::MAX_BODY;
 
@@ -72,6 +73,38 @@ impl SandboxConfig {
             1.0
         }
     }
+}
+
+/// The fields of a SUCCESS payment notification as this simulator's WeChat sends them, unsigned
+/// (sign with `wechat::notify::build_notification`). For tests and the benchmark, which post
+/// notifications for orders the simulator never saw.
+pub fn paid_notification_fields(
+    cfg: &SandboxConfig,
+    out_trade_no: &str,
+    transaction_id: &str,
+    total_fee: i64,
+) -> Params {
+    let fee = total_fee.to_string();
+    [
+        ("appid", cfg.app_id.as_str()),
+        ("mch_id", cfg.mch_id.as_str()),
+        ("nonce_str", "5d2b6c2a8db53831f7eda20af46e531c"),
+        ("openid", "oSandboxOpenid00000000000000"),
+        ("is_subscribe", "N"),
+        ("trade_type", "JSAPI"),
+        ("bank_type", "OTHERS"),
+        ("fee_type", "CNY"),
+        ("result_code", "SUCCESS"),
+        ("return_code", "SUCCESS"),
+        ("time_end", "20261126120000"),
+        ("out_trade_no", out_trade_no),
+        ("transaction_id", transaction_id),
+        ("total_fee", fee.as_str()),
+        ("cash_fee", fee.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 #[derive(Clone)]

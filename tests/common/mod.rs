@@ -428,26 +428,7 @@ pub fn notification(
     tweak: impl FnOnce(&mut coinpay::wechat::Params),
 ) -> Vec<u8> {
     let c = sandbox_creds();
-    let mut p = coinpay::wechat::Params::new();
-    for (k, v) in [
-        ("appid", c.app_id.as_str()),
-        ("mch_id", c.mch_id.as_str()),
-        ("nonce_str", "5d2b6c2a8db53831f7eda20af46e531c"),
-        ("openid", "oTestOpenid000000000000000000"),
-        ("is_subscribe", "N"),
-        ("trade_type", "JSAPI"),
-        ("bank_type", "OTHERS"),
-        ("fee_type", "CNY"),
-        ("result_code", "SUCCESS"),
-        ("return_code", "SUCCESS"),
-        ("time_end", "20261126120000"),
-        ("out_trade_no", order_no),
-        ("transaction_id", txn),
-    ] {
-        p.insert(k.into(), v.into());
-    }
-    p.insert("total_fee".into(), total_fee.to_string());
-    p.insert("cash_fee".into(), total_fee.to_string());
+    let mut p = coinpay::sandbox::paid_notification_fields(&c, order_no, txn, total_fee);
     tweak(&mut p);
     coinpay::wechat::notify::build_notification(&p, &c.api_key, c.sign_type, false).into_bytes()
 }
