@@ -213,13 +213,28 @@ async fn process(
 ) -> (Option<OrderRow>, Result<OrderReply, OrderError>) {
     let mut row = match row {
         Some(r) => r,
-        None => match orders::get(&core.db, order_no).await {
-            Ok(Some(r)) => {
-                tracing::Span::current().record("user_id", r.user_id);
-                r
+        None => match load(core, order_no, &cmd).await {
+            Ok(Loaded { row, moved }) => {
+                tracing::Span::current().record("user_id", row.user_id);
+                match moved {
+                    // Settled in the same unit of work as the load.
+                    Some(Ok((next, outcome))) => {
+                        let reply = OrderReply {
+                            row: next.clone(),
+                            outcome,
+                        };
+                        return (Some(next), Ok(reply));
+                    }
+                    // Moved on meanwhile: the loop below reloads and decides again.
+                    Some(Err(())) => match orders::get(&core.db, order_no).await {
+                        Ok(Some(r)) => r,
+                        Ok(None) => return (None, Err(OrderError::NotFound)),
+                        Err(e) => return (None, Err(e.into())),
+                    },
+                    None => row,
+                }
             }
-            Ok(None) => return (None, Err(OrderError::NotFound)),
-            Err(e) => return (None, Err(e.into())),
+            Err(e) => return (None, Err(e)),
         },
     };
     // The WeChat error that settled a failed prepay, handed back after the move is stored.
@@ -266,12 +281,7 @@ async fn process(
         }
     };
     for _ in 0..MAX_STEPS {
-        let facts = Facts {
-            status: row.status(),
-            amount_fen: row.amount_fen,
-            transaction_id: row.transaction_id.as_deref(),
-        };
-        let decision = transition(&facts, &event);
+        let decision = transition(&facts(&row), &event);
         match decision {
             Decision::Move { to, effect, late } => {
                 let from = row.status();
@@ -332,6 +342,68 @@ async fn process(
         outcome: Outcome::Unchanged,
     };
     (Some(row), Ok(reply))
+}
+
+/// A freshly loaded row, and the move already made on it (with its outcome), if any.
+struct Loaded {
+    row: OrderRow,
+    /// `Some(Err(()))`: the planned move lost a compare-and-set.
+    moved: Option<Result<(OrderRow, Outcome), ()>>,
+}
+
+fn facts(row: &OrderRow) -> Facts<'_> {
+    Facts {
+        status: row.status(),
+        amount_fen: row.amount_fen,
+        transaction_id: row.transaction_id.as_deref(),
+    }
+}
+
+/// Loads the order for an actor that has none in memory. A payment notification is decided
+/// and, when it moves the order, applied in the same unit of work as the load (one checkout,
+/// one writer turn): an order usually meets its notification with no actor alive.
+async fn load(core: &OrderCore, order_no: &str, cmd: &Command) -> Result<Loaded, OrderError> {
+    let Command::Notify {
+        transaction_id,
+        total_fee,
+    } = cmd
+    else {
+        let row = orders::get(&core.db, order_no)
+            .await?
+            .ok_or(OrderError::NotFound)?;
+        return Ok(Loaded { row, moved: None });
+    };
+    let event = OrderEvent::PaymentConfirmed {
+        transaction_id: transaction_id.clone(),
+        total_fee: *total_fee,
+    };
+    let plan = move |row: &OrderRow| {
+        let decision = transition(&facts(row), &event);
+        let step = match &decision {
+            Decision::Move { to, effect, .. } => Some((*to, effect.clone())),
+            _ => None,
+        };
+        (decision, step)
+    };
+    let loaded = orders::load_and_apply(&core.db, order_no, plan)
+        .await?
+        .ok_or(OrderError::NotFound)?;
+    let moved = match (loaded.moved, loaded.decided) {
+        (None, _) => None,
+        (Some(Err(StoreError::Conflict)), _) => Some(Err(())),
+        (Some(Err(e)), _) => return Err(e.into()),
+        (Some(Ok(next)), Decision::Move { to, effect, late }) => {
+            record_move(core, &next, to, &effect, late);
+            let from = loaded.row.status();
+            Some(Ok((next, Outcome::Moved { from, to, late })))
+        }
+        // Cannot happen (a move is made only for a Move); reloading is right whatever happened.
+        (Some(Ok(_)), _) => Some(Err(())),
+    };
+    Ok(Loaded {
+        row: loaded.row,
+        moved,
+    })
 }
 
 fn refuse_prepare(row: OrderRow) -> (Option<OrderRow>, Result<OrderReply, OrderError>) {

@@ -219,15 +219,13 @@ macro_rules! transition_statements {
     }};
 }
 
-/// Compare-and-set from `row` (at its version) to `to`, with the effect in the same
-/// transaction. `Err(Conflict)` when the row moved on meanwhile: reload and decide again.
-pub async fn apply(
-    pool: &DbPool,
+/// The row after a move, and the transaction id to credit (when the effect credits).
+fn next_row(
     row: &OrderRow,
     to: OrderStatus,
     effect: &Effect,
-) -> Result<OrderRow, StoreError> {
-    let now = now_ms();
+    now: i64,
+) -> (OrderRow, Option<String>) {
     let mut next = row.clone();
     next.status = to.as_str().to_string();
     next.version = row.version + 1;
@@ -248,6 +246,19 @@ pub async fn apply(
             Some(transaction_id.clone())
         }
     };
+    (next, credit_txn)
+}
+
+/// Compare-and-set from `row` (at its version) to `to`, with the effect in the same
+/// transaction. `Err(Conflict)` when the row moved on meanwhile: reload and decide again.
+pub async fn apply(
+    pool: &DbPool,
+    row: &OrderRow,
+    to: OrderStatus,
+    effect: &Effect,
+) -> Result<OrderRow, StoreError> {
+    let now = now_ms();
+    let (next, credit_txn) = next_row(row, to, effect, now);
     let moved = match pool {
         DbPool::Sqlite {
             write, write_gate, ..
@@ -264,11 +275,7 @@ pub async fn apply(
         }
         DbPool::Mysql(p) => {
             let mut c = p.get().await?;
-            let (next_ref, credit) = (&next, credit_txn.as_deref());
-            c.transaction::<bool, StoreError, _>(async move |c| {
-                Ok(transition_statements!(c, row, next_ref, credit, now, await))
-            })
-            .await?
+            mysql_apply(&mut c, row, &next, credit_txn.as_deref(), now).await?
         }
     };
     if moved {
@@ -276,6 +283,86 @@ pub async fn apply(
     } else {
         Err(StoreError::Conflict)
     }
+}
+
+async fn mysql_apply(
+    c: &mut diesel_async::AsyncMysqlConnection,
+    row: &OrderRow,
+    next: &OrderRow,
+    credit: Option<&str>,
+    now: i64,
+) -> Result<bool, StoreError> {
+    c.transaction::<bool, StoreError, _>(async move |c| {
+        Ok(transition_statements!(c, row, next, credit, now, await))
+    })
+    .await
+}
+
+/// What a caller decides on a row it has just loaded (`T`, its own account of the decision),
+/// and the move to make, if any.
+pub type Plan<T> = (T, Option<(OrderStatus, Effect)>);
+
+/// A row loaded by [`load_and_apply`], the caller's decision, and what became of the move.
+pub struct Loaded<T> {
+    pub row: OrderRow,
+    pub decided: T,
+    /// `None`: no move was planned. `Some(Err(Conflict))`: the row moved on meanwhile.
+    pub moved: Option<Result<OrderRow, StoreError>>,
+}
+
+/// Loads an order and applies the move `plan` decides on from it, as one unit of work: on one
+/// connection checkout (MySQL), in one turn of the writer and one blocking call (SQLite).
+/// An order met for the first time by a notification is read and credited without a second
+/// checkout or thread hand-over. `Ok(None)`: no such order.
+pub async fn load_and_apply<T, F>(
+    pool: &DbPool,
+    order_no: &str,
+    plan: F,
+) -> Result<Option<Loaded<T>>, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&OrderRow) -> Plan<T> + Send + 'static,
+{
+    let now = now_ms();
+    let (row, decided, outcome) = match pool {
+        DbPool::Sqlite {
+            write, write_gate, ..
+        } => {
+            let _turn = super::write_turn(write_gate).await?;
+            let mut conn = write.get().await?;
+            let order_no = order_no.to_string();
+            let found = conn
+                .spawn_blocking(move |c| blocking::load_and_apply(c, &order_no, plan, now))
+                .await?;
+            match found {
+                None => return Ok(None),
+                Some(found) => found,
+            }
+        }
+        DbPool::Mysql(p) => {
+            let mut c = p.get().await?;
+            let row = o::table
+                .filter(o::order_no.eq(order_no))
+                .select(OrderRow::as_select())
+                .first(&mut *c)
+                .await
+                .optional()?;
+            let Some(row) = row else { return Ok(None) };
+            match plan(&row) {
+                (decided, None) => (row, decided, None),
+                (decided, Some((to, effect))) => {
+                    let (next, credit) = next_row(&row, to, &effect, now);
+                    let moved = mysql_apply(&mut c, &row, &next, credit.as_deref(), now).await?;
+                    (row, decided, Some(moved.then_some(next)))
+                }
+            }
+        }
+    };
+    Ok(Some(Loaded {
+        row,
+        decided,
+        moved: outcome.map(|m| m.ok_or(StoreError::Conflict)),
+    }))
 }
 
 /// The SQLite instantiation, in a module of its own so that only sync diesel's `RunQueryDsl`
@@ -286,6 +373,31 @@ mod blocking {
 
     use super::OrderRow;
     use crate::store::schema::{compute_logs as l, recharge_orders as o, users as u};
+
+    /// The row, and `Some(moved)` when a move was planned.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn load_and_apply<T>(
+        c: &mut SqliteConnection,
+        order_no: &str,
+        plan: impl FnOnce(&OrderRow) -> super::Plan<T>,
+        now: i64,
+    ) -> QueryResult<Option<(OrderRow, T, Option<Option<OrderRow>>)>> {
+        let Some(row) = o::table
+            .filter(o::order_no.eq(order_no))
+            .select(OrderRow::as_select())
+            .first(c)
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let (decided, step) = plan(&row);
+        let Some((to, effect)) = step else {
+            return Ok(Some((row, decided, None)));
+        };
+        let (next, credit) = super::next_row(&row, to, &effect, now);
+        let moved = apply(c, &row, &next, credit.as_deref(), now)?;
+        Ok(Some((row, decided, Some(moved.then_some(next)))))
+    }
 
     pub(super) fn apply(
         c: &mut SqliteConnection,
