@@ -231,11 +231,7 @@ impl Application {
                 })
                 .default_service(web::to(http::not_found))
         })
-        .workers(
-            settings
-                .http_workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-        )
+        .workers(settings.workers())
         .listen(listener)?
         .shutdown_timeout(settings.shutdown_timeout_secs)
         .disable_signals()

@@ -548,3 +548,66 @@ async fn settled_order_actors_stop_and_come_back_from_the_database() {
     );
     db.assert_invariants().await;
 }
+
+/// An order usually meets its notification with no actor alive (it idled out after the user
+/// opened the payment sheet): the actor loads, decides and applies in one unit of work. Every
+/// rule still holds there: a wrong amount changes nothing, the payment is credited once, a
+/// repeat is a duplicate, a second payment is a counted anomaly.
+#[actix_web::test]
+async fn notifications_for_orders_without_a_live_actor_follow_every_rule() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let app = app(&db)
+            .env("ORDER_ACTOR_LINGER_SECONDS", "1")
+            .env("ORDER_ACTOR_IDLE_SECONDS", "1")
+            .spawn();
+        let (token, _) = app.login("cold-actor").await;
+        let no = app.create_order(&token, 1).await["order_no"]
+            .as_str()
+            .expect("no")
+            .to_string();
+        let live = |m: String| sample(&m, "coinpay_order_actors").unwrap_or(-1.0);
+        let all_stopped = || async { live(app.metrics().await) == 0.0 };
+
+        wait_until("actors stop", WAIT, all_stopped).await;
+        let wrong = notification(&no, "4200000000000000000000008881", 601, |_| {});
+        assert!(app.notify_raw(&wrong, &[]).await.text().contains("FAIL"));
+        assert_eq!(app.order(&token, &no).await["status"], "pending");
+
+        wait_until("actors stop", WAIT, all_stopped).await;
+        let paid = notification(&no, "4200000000000000000000008882", 600, |_| {});
+        assert_eq!(app.notify_raw(&paid, &[]).await.text(), SUCCESS);
+        assert_eq!(app.balance(&token).await, 60);
+
+        wait_until("actors stop", WAIT, all_stopped).await;
+        assert_eq!(app.notify_raw(&paid, &[]).await.text(), SUCCESS);
+        wait_until("actors stop", WAIT, all_stopped).await;
+        let other = notification(&no, "4200000000000000000000008883", 600, |_| {});
+        assert_eq!(app.notify_raw(&other, &[]).await.text(), SUCCESS);
+
+        assert_eq!(app.balance(&token).await, 60);
+        let order = app.order(&token, &no).await;
+        assert_eq!(order["status"], "paid");
+        assert_eq!(order["transaction_id"], "4200000000000000000000008882");
+        let m = app.metrics().await;
+        for (series, n) in [
+            ("coinpay_notifications_total{outcome=\"ok\"}", 1.0),
+            ("coinpay_notifications_total{outcome=\"duplicate\"}", 1.0),
+            (
+                "coinpay_notifications_total{outcome=\"double_payment\"}",
+                1.0,
+            ),
+            (
+                "coinpay_notifications_total{outcome=\"amount_mismatch\"}",
+                1.0,
+            ),
+            (
+                "coinpay_payment_anomalies_total{kind=\"double_payment\"}",
+                1.0,
+            ),
+        ] {
+            assert_eq!(sample(&m, series), Some(n), "{series}");
+        }
+        db.assert_invariants().await;
+    }
+}

@@ -24,10 +24,24 @@ pub enum XmlError {
     Malformed(String),
 }
 
-fn contains_ci(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+/// Whether `<!DOCTYPE` or `<!ENTITY` (any case) occurs anywhere, even inside CDATA: one pass
+/// over the `<`s, as every notification is checked before it is parsed.
+fn declares_dtd(body: &[u8]) -> bool {
+    let mut rest = body;
+    while let Some(i) = rest.iter().position(|&b| b == b'<') {
+        rest = &rest[i + 1..];
+        if let Some(after) = rest.strip_prefix(b"!") {
+            let starts = |kw: &[u8]| {
+                after
+                    .get(..kw.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(kw))
+            };
+            if starts(b"DOCTYPE") || starts(b"ENTITY") {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// Children of `<xml>` as a map; CDATA and text are concatenated, empty elements give "".
@@ -37,7 +51,7 @@ pub fn decode(body: &[u8]) -> Result<Params, XmlError> {
     if body.len() > MAX_BODY {
         return Err(XmlError::TooLarge);
     }
-    if contains_ci(body, b"<!DOCTYPE") || contains_ci(body, b"<!ENTITY") {
+    if declares_dtd(body) {
         return Err(XmlError::Doctype);
     }
     let text = std::str::from_utf8(body).map_err(|_| XmlError::Malformed("not UTF-8".into()))?;
@@ -239,6 +253,12 @@ mod tests {
             Err(XmlError::Doctype)
         );
         assert_eq!(decode(b"<!doctype xml><xml></xml>"), Err(XmlError::Doctype));
+        assert_eq!(
+            decode(b"<xml><a><![CDATA[<!DocType x>]]></a></xml>"),
+            Err(XmlError::Doctype)
+        );
+        // CDATA and a truncated keyword are not declarations.
+        assert!(decode(b"<xml><a><![CDATA[<!DOCTYP]]></a></xml>").is_ok());
         // Undefined entities without a DTD are malformed, never expanded.
         assert!(matches!(
             decode(b"<xml><a>&xxe;</a></xml>"),
