@@ -348,3 +348,76 @@ async fn two_instances_sweep_one_at_a_time_and_hand_over() {
     }
     db.assert_invariants().await;
 }
+
+/// Kills every connection the service holds to the database (as MariaDB does on a restart or
+/// `wait_timeout`), from a connection of the same user.
+async fn kill_service_connections(db: &TestDb) -> usize {
+    use diesel::sql_types::BigInt;
+    use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection};
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let mut c = AsyncMysqlConnection::establish(&db.url)
+        .await
+        .expect("connect");
+    let ids: Vec<Id> = diesel::sql_query(
+        "SELECT CAST(id AS SIGNED) AS id FROM information_schema.processlist \
+         WHERE db = DATABASE() AND id <> CONNECTION_ID()",
+    )
+    .load(&mut c)
+    .await
+    .expect("processlist");
+    for Id { id } in &ids {
+        // A connection may be gone already.
+        let _ = c.batch_execute(&format!("KILL CONNECTION {id}")).await;
+    }
+    ids.len()
+}
+
+/// Connections killed under the service (a database restart) cost no request: each checkout
+/// finds a dead connection by its check — `SELECT 1`, or the first read of a notification for
+/// an order without a live actor — and moves on to a fresh one.
+#[actix_web::test]
+async fn killed_database_connections_cost_no_request() {
+    let Some(url) = mysql_only() else { return };
+    let db = TestDb::new(&Backend::Mysql(url)).await;
+    let app = app(&db)
+        .env("ORDER_ACTOR_IDLE_SECONDS", "1")
+        .env("ORDER_ACTOR_LINGER_SECONDS", "1")
+        .env("DB_POOL_SIZE", "4")
+        .spawn();
+    let (token, _) = app.login("killed-connections").await;
+    let mut orders = Vec::new();
+    for _ in 0..3 {
+        let o = app.create_order(&token, 1).await;
+        orders.push(o["order_no"].as_str().expect("no").to_string());
+    }
+    let live = |m: String| sample(&m, "coinpay_order_actors").unwrap_or(-1.0);
+    wait_until("actors stop", WAIT, || async {
+        live(app.metrics().await) == 0.0
+    })
+    .await;
+
+    for (i, no) in orders.iter().enumerate() {
+        assert!(
+            kill_service_connections(&db).await > 0,
+            "the service holds connections"
+        );
+        let body = notification(
+            no,
+            &format!("42000000000000000000000090{i:02}"),
+            600,
+            |_| {},
+        );
+        assert_eq!(
+            app.notify_raw(&body, &[]).await.text(),
+            SUCCESS,
+            "notification {i}"
+        );
+        assert!(kill_service_connections(&db).await > 0);
+        assert_eq!(app.balance(&token).await, 60 * (i as i64 + 1));
+    }
+    db.assert_invariants().await;
+}

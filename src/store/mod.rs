@@ -62,12 +62,69 @@ impl From<RunError> for StoreError {
 /// which under load starved some writers for seconds.
 #[derive(Clone)]
 pub enum DbPool {
-    Mysql(Pool<AsyncMysqlConnection>),
+    Mysql(MysqlPool),
     Sqlite {
         read: Pool<SqliteConn>,
         write: Pool<SqliteConn>,
         write_gate: std::sync::Arc<tokio::sync::Semaphore>,
     },
+}
+
+pub type MysqlConn<'a> =
+    diesel_async::pooled_connection::bb8::PooledConnection<'a, AsyncMysqlConnection>;
+
+/// MySQL's pool. A connection is checked (`SELECT 1`) before it is handed out, as bb8's
+/// `test_on_check_out` would do — except for a caller whose first statement is itself a
+/// harmless read that it repeats on a checked connection if it fails ([`Self::get_for_read`]):
+/// then that read is the check, and the cold-notification path saves a round trip.
+#[derive(Clone)]
+pub struct MysqlPool(Pool<AsyncMysqlConnection>);
+
+/// Checked connections tried before giving up (each failed one is discarded).
+const CHECKOUT_ATTEMPTS: usize = 3;
+
+impl MysqlPool {
+    /// A connection that has just answered `SELECT 1`.
+    pub async fn get(&self) -> Result<MysqlConn<'_>, StoreError> {
+        use diesel::IntoSql;
+        use diesel_async::RunQueryDsl;
+        let mut last = None;
+        for _ in 0..CHECKOUT_ATTEMPTS {
+            let mut c = self.0.get().await?;
+            match diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
+                .get_result::<i32>(&mut *c)
+                .await
+            {
+                Ok(_) => return Ok(c),
+                Err(e) => {
+                    discard(&mut c);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(StoreError::Connection(format!(
+            "no working connection after {CHECKOUT_ATTEMPTS} attempts: {}",
+            last.map_or_else(String::new, |e| e.to_string())
+        )))
+    }
+
+    /// A connection not checked yet: the caller's first statement must be a read that it
+    /// runs again on [`Self::get`]'s connection when it fails (after [`discard`]ing this one).
+    pub async fn get_for_read(&self) -> Result<MysqlConn<'_>, StoreError> {
+        Ok(self.0.get().await?)
+    }
+
+    fn state(&self) -> (u32, u32) {
+        let s = self.0.state();
+        (s.connections, s.idle_connections)
+    }
+}
+
+/// Marks a connection broken, so that the pool drops it instead of taking it back.
+pub fn discard(c: &mut MysqlConn<'_>) {
+    use diesel_async::TransactionManager;
+    let conn: &mut AsyncMysqlConnection = c;
+    diesel_async::AnsiTransactionManager::transaction_manager_status_mut(conn).set_in_error();
 }
 
 /// A turn at SQLite's write connection, in arrival order (see [`DbPool`]).
@@ -150,13 +207,15 @@ impl DbPool {
     pub async fn connect(url: &str, size: u32) -> Result<Self, StoreError> {
         if url.starts_with("mysql://") {
             let mgr = AsyncDieselConnectionManager::<AsyncMysqlConnection>::new(url);
+            // Checked by MysqlPool::get instead (see there).
             let pool = Pool::builder()
                 .max_size(size)
                 .connection_timeout(std::time::Duration::from_secs(5))
+                .test_on_check_out(false)
                 .build(mgr)
                 .await
                 .map_err(|e| StoreError::Connection(e.to_string()))?;
-            Ok(DbPool::Mysql(pool))
+            Ok(DbPool::Mysql(MysqlPool(pool)))
         } else {
             let path = sqlite_path(url).to_string();
             ensure_parent_dir(&path)?;
@@ -202,11 +261,13 @@ impl DbPool {
 
     /// (connections, idle) of the pool that serves most traffic.
     pub fn pool_state(&self) -> (u32, u32) {
-        let s = match self {
+        match self {
             DbPool::Mysql(p) => p.state(),
-            DbPool::Sqlite { read, .. } => read.state(),
-        };
-        (s.connections, s.idle_connections)
+            DbPool::Sqlite { read, .. } => {
+                let s = read.state();
+                (s.connections, s.idle_connections)
+            }
+        }
     }
 }
 

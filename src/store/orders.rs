@@ -340,13 +340,27 @@ where
             }
         }
         DbPool::Mysql(p) => {
-            let mut c = p.get().await?;
-            let row = o::table
-                .filter(o::order_no.eq(order_no))
-                .select(OrderRow::as_select())
-                .first(&mut *c)
-                .await
-                .optional()?;
+            // The load is the connection's check (see MysqlPool): on failure, once more on a
+            // checked connection.
+            let load = async |c: &mut super::MysqlConn<'_>| {
+                o::table
+                    .filter(o::order_no.eq(order_no))
+                    .select(OrderRow::as_select())
+                    .first(&mut **c)
+                    .await
+                    .optional()
+            };
+            let mut c = p.get_for_read().await?;
+            let row = match load(&mut c).await {
+                Ok(row) => row,
+                Err(e) => {
+                    tracing::info!(error = %e, "load failed on an unchecked connection; retrying on a checked one");
+                    super::discard(&mut c);
+                    drop(c);
+                    c = p.get().await?;
+                    load(&mut c).await?
+                }
+            };
             let Some(row) = row else { return Ok(None) };
             match plan(&row) {
                 (decided, None) => (row, decided, None),
