@@ -75,6 +75,9 @@ struct Opts {
     load: HashMap<&'static str, Load>,
     only: Option<Vec<String>>,
     users: usize,
+    /// Unmeasured credits before db-baseline and before notify-paid (a fresh database server
+    /// and a fresh service are slower for their first thousand transactions).
+    warmup: usize,
     db_pool_size: u32,
     max_secs: u64,
     req_timeout: Duration,
@@ -87,7 +90,7 @@ struct Opts {
 fn usage() -> &'static str {
     "coinpay_bench [--bench] [--backend sqlite|mysql|both] [--only a,b] \
      [--concurrency C] [--count N] [--<scenario>-concurrency C] [--<scenario>-count N] \
-     [--users U] [--db-pool-size P] [--max-secs S] [--rust-log FILTER] [--svc-env K=V]...\n\
+     [--users U] [--warmup N] [--db-pool-size P] [--max-secs S] [--rust-log FILTER] [--svc-env K=V]...\n\
      scenarios: db-baseline notify-paid notify-dup-live notify-dup-cold create-order consume\n\
      MariaDB: COINPAY_BENCH_MYSQL_URL or COINPAY_TEST_MYSQL_URL (a server URL; a fresh \
      database coinpay_b_<random> is created on it). Redis (optional): COINPAY_BENCH_REDIS_HOST/PORT \
@@ -152,6 +155,7 @@ fn parse_opts() -> Result<Option<Opts>, String> {
         load: HashMap::new(),
         only: None,
         users: if full { 1000 } else { 50 },
+        warmup: if full { 1000 } else { 20 },
         db_pool_size: 10,
         max_secs: if full { 180 } else { 40 },
         req_timeout: Duration::from_secs(if full { 30 } else { 15 }),
@@ -220,6 +224,11 @@ fn parse_opts() -> Result<Option<Opts>, String> {
                 }
             }
             "--users" => o.users = num(v, a)?,
+            "--warmup" => {
+                o.warmup = v
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("--warmup needs a number")?
+            }
             "--db-pool-size" => o.db_pool_size = num(v, a)? as u32,
             "--max-secs" => o.max_secs = num(v, a)? as u64,
             "--rust-log" => o.rust_log = v.ok_or("--rust-log needs a filter")?.clone(),
@@ -987,6 +996,20 @@ impl Ctx {
         self.out.failures.push(msg);
     }
 
+    /// Counts a warm-up's credits (it is not reported); any error in it fails the run.
+    fn warmed(&mut self, before: &str, s: Stats) -> i64 {
+        if s.failed() > 0 {
+            let msg = format!(
+                "{} warm-up before {before}: {} errors, {} unsent {:?}",
+                self.backend, s.errors, s.unsent, s.samples
+            );
+            eprintln!("  FAILED: {msg}");
+            self.out.other_failures += 1;
+            self.out.failures.push(msg);
+        }
+        s.ok as i64
+    }
+
     async fn expect_paid(&mut self, after: &str, expected: i64) {
         match count_status(&self.check_pool, OrderStatus::Paid).await {
             Ok(n) if n == expected => {}
@@ -1040,12 +1063,28 @@ async fn run_backend_on(o: &Opts, db: &BenchDb) -> Res<Outcome> {
     }
     let notify_rows = pending_orders(&setup_pool, &user_ids, n_notify, &format!("BN{tag}")).await?;
     let base_rows = pending_orders(&setup_pool, &user_ids, n_base, &format!("BD{tag}")).await?;
+    let warm = |wanted: bool| if wanted { o.warmup } else { 0 };
+    let base_warm = pending_orders(
+        &setup_pool,
+        &user_ids,
+        warm(o.wants("db-baseline")),
+        &format!("BW{tag}"),
+    )
+    .await?;
+    let notify_warm = pending_orders(
+        &setup_pool,
+        &user_ids,
+        warm(want_notify),
+        &format!("NW{tag}"),
+    )
+    .await?;
     drop(setup_pool);
     eprintln!(
-        "[{backend}] setup: {} users, {} + {} pending orders in {:.1} s",
+        "[{backend}] setup: {} users, {} + {} pending orders (+ {} for warm-ups) in {:.1} s",
         o.users,
         notify_rows.len(),
         base_rows.len(),
+        base_warm.len() + notify_warm.len(),
         t0.elapsed().as_secs_f64()
     );
 
@@ -1065,6 +1104,15 @@ async fn run_backend_on(o: &Opts, db: &BenchDb) -> Res<Outcome> {
     if o.wants("db-baseline") {
         let l = o.load("db-baseline");
         let pool = DbPool::connect(&db.url, o.db_pool_size).await?;
+        let w = run_db(
+            &pool,
+            l.conc,
+            Arc::new(base_warm),
+            &format!("BU{tag}"),
+            o.deadline(),
+        )
+        .await;
+        paid_expected += cx.warmed("db-baseline", w);
         let s = run_db(
             &pool,
             l.conc,
@@ -1095,6 +1143,22 @@ async fn run_backend_on(o: &Opts, db: &BenchDb) -> Res<Outcome> {
 
     if want_notify {
         let l = o.load("notify-paid");
+        let warm_reqs: Vec<Vec<u8>> = notify_warm
+            .iter()
+            .enumerate()
+            .map(|(i, r)| notification(r, &format!("42009{tag}{i:014}")))
+            .collect();
+        let w = run_http(
+            &svc.addr,
+            l.conc,
+            Arc::new(warm_reqs),
+            notify_warm.len(),
+            success.clone(),
+            o.deadline(),
+            o.req_timeout,
+        )
+        .await;
+        paid_expected += cx.warmed("notify-paid", w);
         let s = svc
             .measure(run_http(
                 &svc.addr,
