@@ -8,6 +8,7 @@ pub mod orders;
 pub mod packages;
 pub mod schema;
 pub mod users;
+pub mod writer;
 
 use diesel::ConnectionError;
 use diesel::connection::SimpleConnection;
@@ -67,6 +68,8 @@ pub enum DbPool {
         read: Pool<SqliteConn>,
         write: Pool<SqliteConn>,
         write_gate: std::sync::Arc<tokio::sync::Semaphore>,
+        /// Order transitions (see [`writer`]); takes its turn at `write_gate` too.
+        writer: writer::Writer,
     },
 }
 
@@ -186,18 +189,19 @@ fn sqlite_path(url: &str) -> &str {
     url.strip_prefix("sqlite://").unwrap_or(url)
 }
 
+/// FULL: a notification is acknowledged only after its commit is on disk.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
+
 fn sqlite_setup(
     path: &str,
 ) -> futures_util::future::BoxFuture<'_, diesel::ConnectionResult<SqliteConn>> {
     async move {
         let mut c = SqliteConn::establish(path).await?;
         // FULL: a notification is acknowledged only after its commit is on disk.
-        c.batch_execute(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
-        )
-        .await
-        .map_err(ConnectionError::CouldntSetupConfiguration)?;
+        c.batch_execute(SQLITE_PRAGMAS)
+            .await
+            .map_err(ConnectionError::CouldntSetupConfiguration)?;
         Ok(c)
     }
     .boxed()
@@ -238,10 +242,12 @@ impl DbPool {
             let read = build(size.max(1))
                 .await
                 .map_err(|e| StoreError::Connection(e.to_string()))?;
+            let write_gate = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
             Ok(DbPool::Sqlite {
                 read,
                 write,
-                write_gate: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+                writer: writer::Writer::start(&path, write_gate.clone())?,
+                write_gate,
             })
         }
     }

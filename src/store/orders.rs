@@ -260,18 +260,12 @@ pub async fn apply(
     let now = now_ms();
     let (next, credit_txn) = next_row(row, to, effect, now);
     let moved = match pool {
-        DbPool::Sqlite {
-            write, write_gate, ..
-        } => {
-            // The whole transaction in one blocking call: the single writer is held for the
-            // statements and the commit only, not for a thread hand-over per statement.
-            let _turn = super::write_turn(write_gate).await?;
-            let mut conn = write.get().await?;
+        DbPool::Sqlite { writer, .. } => {
+            // The whole transaction in one job of the writer thread, in its turn.
             let (row, next) = (row.clone(), next.clone());
-            conn.spawn_blocking(move |c| {
-                blocking::apply(c, &row, &next, credit_txn.as_deref(), now)
-            })
-            .await?
+            writer
+                .run(move |c| blocking::apply(c, &row, &next, credit_txn.as_deref(), now))
+                .await??
         }
         DbPool::Mysql(p) => {
             let mut c = p.get().await?;
@@ -325,15 +319,11 @@ where
 {
     let now = now_ms();
     let (row, decided, outcome) = match pool {
-        DbPool::Sqlite {
-            write, write_gate, ..
-        } => {
-            let _turn = super::write_turn(write_gate).await?;
-            let mut conn = write.get().await?;
+        DbPool::Sqlite { writer, .. } => {
             let order_no = order_no.to_string();
-            let found = conn
-                .spawn_blocking(move |c| blocking::load_and_apply(c, &order_no, plan, now))
-                .await?;
+            let found = writer
+                .run(move |c| blocking::load_and_apply(c, &order_no, plan, now))
+                .await??;
             match found {
                 None => return Ok(None),
                 Some(found) => found,
