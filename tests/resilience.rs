@@ -421,3 +421,39 @@ async fn killed_database_connections_cost_no_request() {
     }
     db.assert_invariants().await;
 }
+
+/// MySQL connections go to callers in the order they asked: one that keeps asking again right
+/// after giving its connection back does not starve one already waiting (bb8 alone let it).
+#[actix_web::test]
+async fn mysql_connections_are_handed_out_in_arrival_order() {
+    use std::cell::Cell;
+
+    use coinpay::store::DbPool;
+    use diesel_async::SimpleAsyncConnection;
+    let Some(url) = mysql_only() else { return };
+    let db = TestDb::new(&Backend::Mysql(url)).await;
+    let pool = DbPool::connect(&db.url, 1).await.expect("pool");
+    let DbPool::Mysql(p) = &pool else {
+        panic!("a MySQL URL gives a MySQL pool")
+    };
+    drop(p.get().await.expect("first connection"));
+
+    let rounds = Cell::new(0usize);
+    let greedy = async {
+        for _ in 0..200 {
+            let mut c = p.get().await.expect("greedy get");
+            c.batch_execute("DO 1").await.expect("query");
+            drop(c);
+            rounds.set(rounds.get() + 1);
+        }
+    };
+    let waiting = async {
+        let _c = p.get().await.expect("waiting get");
+        rounds.get()
+    };
+    let ((), served_after) = futures_util::future::join(greedy, waiting).await;
+    assert!(
+        served_after <= 2,
+        "the waiting caller was served only after {served_after} rounds of a later one"
+    );
+}

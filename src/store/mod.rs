@@ -73,34 +73,70 @@ pub enum DbPool {
     },
 }
 
-pub type MysqlConn<'a> =
-    diesel_async::pooled_connection::bb8::PooledConnection<'a, AsyncMysqlConnection>;
+/// A MySQL connection from [`MysqlPool`], with the caller's turn.
+pub struct MysqlConn<'a> {
+    conn: diesel_async::pooled_connection::bb8::PooledConnection<'a, AsyncMysqlConnection>,
+    // Dropped after `conn`: the connection is back in the pool before the next caller is let in.
+    _turn: tokio::sync::SemaphorePermit<'a>,
+}
 
-/// MySQL's pool. A connection is checked (`SELECT 1`) before it is handed out, as bb8's
-/// `test_on_check_out` would do — except for a caller whose first statement is itself a
-/// harmless read that it repeats on a checked connection if it fails ([`Self::get_for_read`]):
-/// then that read is the check, and the cold-notification path saves a round trip.
+impl std::ops::Deref for MysqlConn<'_> {
+    type Target = AsyncMysqlConnection;
+    fn deref(&self) -> &AsyncMysqlConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for MysqlConn<'_> {
+    fn deref_mut(&mut self) -> &mut AsyncMysqlConnection {
+        &mut self.conn
+    }
+}
+
+/// MySQL's pool. Callers are let in first come, first served: bb8 alone hands a returned
+/// connection to whoever asks next, ahead of callers already waiting, and under load one of
+/// them could wait for seconds while later ones were served (seen in the benchmark).
+///
+/// A connection is checked (`SELECT 1`) before it is handed out, as bb8's `test_on_check_out`
+/// would do — except for a caller whose first statement is itself a harmless read that it
+/// repeats on a checked connection if it fails ([`Self::get_for_read`]): then that read is
+/// the check, and the cold-notification path saves a round trip.
 #[derive(Clone)]
-pub struct MysqlPool(Pool<AsyncMysqlConnection>);
+pub struct MysqlPool {
+    pool: Pool<AsyncMysqlConnection>,
+    gate: std::sync::Arc<tokio::sync::Semaphore>,
+}
 
 /// Checked connections tried before giving up (each failed one is discarded).
 const CHECKOUT_ATTEMPTS: usize = 3;
+const CHECKOUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl MysqlPool {
+    async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
+        match tokio::time::timeout(CHECKOUT_TIMEOUT, self.gate.acquire()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(StoreError::Connection(e.to_string())),
+            Err(_) => Err(StoreError::Connection(
+                "timed out waiting for a database connection".into(),
+            )),
+        }
+    }
+
     /// A connection that has just answered `SELECT 1`.
     pub async fn get(&self) -> Result<MysqlConn<'_>, StoreError> {
         use diesel::IntoSql;
         use diesel_async::RunQueryDsl;
+        let turn = self.turn().await?;
         let mut last = None;
         for _ in 0..CHECKOUT_ATTEMPTS {
-            let mut c = self.0.get().await?;
+            let mut conn = self.pool.get().await?;
             match diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
-                .get_result::<i32>(&mut *c)
+                .get_result::<i32>(&mut *conn)
                 .await
             {
-                Ok(_) => return Ok(c),
+                Ok(_) => return Ok(MysqlConn { conn, _turn: turn }),
                 Err(e) => {
-                    discard(&mut c);
+                    mark_broken(&mut conn);
                     last = Some(e);
                 }
             }
@@ -114,20 +150,27 @@ impl MysqlPool {
     /// A connection not checked yet: the caller's first statement must be a read that it
     /// runs again on [`Self::get`]'s connection when it fails (after [`discard`]ing this one).
     pub async fn get_for_read(&self) -> Result<MysqlConn<'_>, StoreError> {
-        Ok(self.0.get().await?)
+        let turn = self.turn().await?;
+        let conn = self.pool.get().await?;
+        Ok(MysqlConn { conn, _turn: turn })
     }
 
     fn state(&self) -> (u32, u32) {
-        let s = self.0.state();
+        let s = self.pool.state();
         (s.connections, s.idle_connections)
     }
 }
 
 /// Marks a connection broken, so that the pool drops it instead of taking it back.
-pub fn discard(c: &mut MysqlConn<'_>) {
+fn mark_broken(conn: &mut AsyncMysqlConnection) {
     use diesel_async::TransactionManager;
-    let conn: &mut AsyncMysqlConnection = c;
     diesel_async::AnsiTransactionManager::transaction_manager_status_mut(conn).set_in_error();
+}
+
+/// Gives up a connection that failed: the pool drops it instead of taking it back.
+pub fn discard(c: MysqlConn<'_>) {
+    let mut c = c;
+    mark_broken(&mut c);
 }
 
 /// A turn at SQLite's write connection, in arrival order (see [`DbPool`]).
@@ -219,7 +262,10 @@ impl DbPool {
                 .build(mgr)
                 .await
                 .map_err(|e| StoreError::Connection(e.to_string()))?;
-            Ok(DbPool::Mysql(MysqlPool(pool)))
+            Ok(DbPool::Mysql(MysqlPool {
+                pool,
+                gate: std::sync::Arc::new(tokio::sync::Semaphore::new(size as usize)),
+            }))
         } else {
             let path = sqlite_path(url).to_string();
             ensure_parent_dir(&path)?;

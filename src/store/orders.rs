@@ -345,8 +345,7 @@ where
                 Ok(row) => row,
                 Err(e) => {
                     tracing::info!(error = %e, "load failed on an unchecked connection; retrying on a checked one");
-                    super::discard(&mut c);
-                    drop(c);
+                    super::discard(c);
                     c = p.get().await?;
                     load(&mut c).await?
                 }
