@@ -777,6 +777,28 @@ impl Service {
     }
 
     /// Runs a load against this service and notes the service's CPU time per request.
+    /// Sends `reqs` (cycling, `count` in all) over `conc` connections, bounded by the options'
+    /// deadline and request timeout.
+    async fn http(
+        &self,
+        o: &Opts,
+        conc: usize,
+        reqs: Arc<Vec<Vec<u8>>>,
+        count: usize,
+        check: Check,
+    ) -> Stats {
+        run_http(
+            &self.addr,
+            conc,
+            reqs,
+            count,
+            check,
+            o.deadline(),
+            o.req_timeout,
+        )
+        .await
+    }
+
     async fn measure(&self, load: impl std::future::Future<Output = Stats>) -> Stats {
         let before = self.cpu_ticks();
         let mut s = load.await;
@@ -1148,26 +1170,23 @@ async fn run_backend_on(o: &Opts, db: &BenchDb) -> Res<Outcome> {
             .enumerate()
             .map(|(i, r)| notification(r, &format!("42009{tag}{i:014}")))
             .collect();
-        let w = run_http(
-            &svc.addr,
-            l.conc,
-            Arc::new(warm_reqs),
-            notify_warm.len(),
-            success.clone(),
-            o.deadline(),
-            o.req_timeout,
-        )
-        .await;
+        let w = svc
+            .http(
+                o,
+                l.conc,
+                Arc::new(warm_reqs),
+                notify_warm.len(),
+                success.clone(),
+            )
+            .await;
         paid_expected += cx.warmed("notify-paid", w);
         let s = svc
-            .measure(run_http(
-                &svc.addr,
+            .measure(svc.http(
+                o,
                 l.conc,
                 notify_reqs.clone(),
                 notify_reqs.len(),
                 success.clone(),
-                o.deadline(),
-                o.req_timeout,
             ))
             .await;
         paid_expected += s.ok as i64;
@@ -1181,15 +1200,7 @@ async fn run_backend_on(o: &Opts, db: &BenchDb) -> Res<Outcome> {
     if o.wants("notify-dup-live") {
         let l = o.load("notify-dup-live");
         let s = svc
-            .measure(run_http(
-                &svc.addr,
-                l.conc,
-                notify_reqs.clone(),
-                l.count,
-                success.clone(),
-                o.deadline(),
-                o.req_timeout,
-            ))
+            .measure(svc.http(o, l.conc, notify_reqs.clone(), l.count, success.clone()))
             .await;
         cx.record("notify-dup-live", l.conc, s).await;
         cx.expect_paid("notify-dup-live", paid_expected).await;
@@ -1204,15 +1215,7 @@ async fn run_backend_on(o: &Opts, db: &BenchDb) -> Res<Outcome> {
         let l = o.load("notify-dup-cold");
         let n = l.count.min(notify_reqs.len());
         let s = svc
-            .measure(run_http(
-                &svc.addr,
-                l.conc,
-                notify_reqs.clone(),
-                n,
-                success.clone(),
-                o.deadline(),
-                o.req_timeout,
-            ))
+            .measure(svc.http(o, l.conc, notify_reqs.clone(), n, success.clone()))
             .await;
         cx.out.memory.cold_after_kb = svc.rss_kb();
         cx.out.memory.cold_actors = svc.metric("coinpay_order_actors").await.unwrap_or(0.0);
@@ -1257,15 +1260,7 @@ async fn run_backend_on(o: &Opts, db: &BenchDb) -> Res<Outcome> {
                 })
         });
         let s = svc
-            .measure(run_http(
-                &svc.addr,
-                l.conc,
-                Arc::new(reqs),
-                l.count,
-                check,
-                o.deadline(),
-                o.req_timeout,
-            ))
+            .measure(svc.http(o, l.conc, Arc::new(reqs), l.count, check))
             .await;
         cx.record("create-order", l.conc, s).await;
     }
@@ -1311,15 +1306,7 @@ async fn run_backend_on(o: &Opts, db: &BenchDb) -> Res<Outcome> {
                 && serde_json::from_slice::<Value>(&r.body).is_ok_and(|v| v["replayed"] == false)
         });
         let s = svc
-            .measure(run_http(
-                &svc.addr,
-                l.conc,
-                Arc::new(reqs),
-                l.count,
-                check,
-                o.deadline(),
-                o.req_timeout,
-            ))
+            .measure(svc.http(o, l.conc, Arc::new(reqs), l.count, check))
             .await;
         cx.record("consume", l.conc, s).await;
     }

@@ -20,7 +20,7 @@ use super::state::{
 };
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::store::orders::{self, OrderRow};
+use crate::store::orders::{self, Moved, OrderRow};
 use crate::store::{DbPool, StoreError};
 use crate::wechat::client::{TradeState, UnifiedOrder, WechatClient, WechatError};
 
@@ -214,25 +214,14 @@ async fn process(
     let mut row = match row {
         Some(r) => r,
         None => match load(core, order_no, &cmd).await {
-            Ok(Loaded { row, moved }) => {
+            Ok(Loaded::Row(row)) => {
                 tracing::Span::current().record("user_id", row.user_id);
-                match moved {
-                    // Settled in the same unit of work as the load.
-                    Some(Ok((next, outcome))) => {
-                        let reply = OrderReply {
-                            row: next.clone(),
-                            outcome,
-                        };
-                        return (Some(next), Ok(reply));
-                    }
-                    // Moved on meanwhile: the loop below reloads and decides again.
-                    Some(Err(())) => match orders::get(&core.db, order_no).await {
-                        Ok(Some(r)) => r,
-                        Ok(None) => return (None, Err(OrderError::NotFound)),
-                        Err(e) => return (None, Err(e.into())),
-                    },
-                    None => row,
-                }
+                row
+            }
+            // Settled in the same unit of work as the load.
+            Ok(Loaded::Settled(reply)) => {
+                tracing::Span::current().record("user_id", reply.row.user_id);
+                return (Some(reply.row.clone()), Ok(reply));
             }
             Err(e) => return (None, Err(e)),
         },
@@ -344,11 +333,10 @@ async fn process(
     (Some(row), Ok(reply))
 }
 
-/// A freshly loaded row, and the move already made on it (with its outcome), if any.
-struct Loaded {
-    row: OrderRow,
-    /// `Some(Err(()))`: the planned move lost a compare-and-set.
-    moved: Option<Result<(OrderRow, Outcome), ()>>,
+/// What [`load`] found: the row to decide on, or the order already settled by the command.
+enum Loaded {
+    Row(OrderRow),
+    Settled(OrderReply),
 }
 
 fn facts(row: &OrderRow) -> Facts<'_> {
@@ -368,10 +356,7 @@ async fn load(core: &OrderCore, order_no: &str, cmd: &Command) -> Result<Loaded,
         total_fee,
     } = cmd
     else {
-        let row = orders::get(&core.db, order_no)
-            .await?
-            .ok_or(OrderError::NotFound)?;
-        return Ok(Loaded { row, moved: None });
+        return reload(core, order_no).await;
     };
     let event = OrderEvent::PaymentConfirmed {
         transaction_id: transaction_id.clone(),
@@ -388,22 +373,26 @@ async fn load(core: &OrderCore, order_no: &str, cmd: &Command) -> Result<Loaded,
     let loaded = orders::load_and_apply(&core.db, order_no, plan)
         .await?
         .ok_or(OrderError::NotFound)?;
-    let moved = match (loaded.moved, loaded.decided) {
-        (None, _) => None,
-        (Some(Err(StoreError::Conflict)), _) => Some(Err(())),
-        (Some(Err(e)), _) => return Err(e.into()),
-        (Some(Ok(next)), Decision::Move { to, effect, late }) => {
+    match (loaded.moved, loaded.decided) {
+        (Moved::NotPlanned, _) => Ok(Loaded::Row(loaded.row)),
+        (Moved::Made(next), Decision::Move { to, effect, late }) => {
             record_move(core, &next, to, &effect, late);
             let from = loaded.row.status();
-            Some(Ok((next, Outcome::Moved { from, to, late })))
+            Ok(Loaded::Settled(OrderReply {
+                row: *next,
+                outcome: Outcome::Moved { from, to, late },
+            }))
         }
-        // Cannot happen (a move is made only for a Move); reloading is right whatever happened.
-        (Some(Ok(_)), _) => Some(Err(())),
-    };
-    Ok(Loaded {
-        row: loaded.row,
-        moved,
-    })
+        // Moved on meanwhile (or, impossibly, made without a Move): decide again on a fresh row.
+        (Moved::Lost | Moved::Made(_), _) => reload(core, order_no).await,
+    }
+}
+
+async fn reload(core: &OrderCore, order_no: &str) -> Result<Loaded, OrderError> {
+    let row = orders::get(&core.db, order_no)
+        .await?
+        .ok_or(OrderError::NotFound)?;
+    Ok(Loaded::Row(row))
 }
 
 fn refuse_prepare(row: OrderRow) -> (Option<OrderRow>, Result<OrderReply, OrderError>) {

@@ -168,8 +168,7 @@ fn mark_broken(conn: &mut AsyncMysqlConnection) {
 }
 
 /// Gives up a connection that failed: the pool drops it instead of taking it back.
-pub fn discard(c: MysqlConn<'_>) {
-    let mut c = c;
+pub fn discard(mut c: MysqlConn<'_>) {
     mark_broken(&mut c);
 }
 

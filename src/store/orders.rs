@@ -300,8 +300,26 @@ pub type Plan<T> = (T, Option<(OrderStatus, Effect)>);
 pub struct Loaded<T> {
     pub row: OrderRow,
     pub decided: T,
-    /// `None`: no move was planned. `Some(Err(Conflict))`: the row moved on meanwhile.
-    pub moved: Option<Result<OrderRow, StoreError>>,
+    pub moved: Moved,
+}
+
+/// What became of a planned move.
+pub enum Moved {
+    NotPlanned,
+    /// The compare-and-set matched no row: it moved on meanwhile.
+    Lost,
+    /// Committed; the row as it is now.
+    Made(Box<OrderRow>),
+}
+
+impl Moved {
+    fn from_cas(moved: bool, next: OrderRow) -> Moved {
+        if moved {
+            Moved::Made(Box::new(next))
+        } else {
+            Moved::Lost
+        }
+    }
 }
 
 /// Loads an order and applies the move `plan` decides on from it, as one unit of work: on one
@@ -318,16 +336,12 @@ where
     F: FnOnce(&OrderRow) -> Plan<T> + Send + 'static,
 {
     let now = now_ms();
-    let (row, decided, outcome) = match pool {
+    match pool {
         DbPool::Sqlite { writer, .. } => {
             let order_no = order_no.to_string();
-            let found = writer
+            Ok(writer
                 .run(move |c| blocking::load_and_apply(c, &order_no, plan, now))
-                .await??;
-            match found {
-                None => return Ok(None),
-                Some(found) => found,
-            }
+                .await??)
         }
         DbPool::Mysql(p) => {
             // The load is the connection's check (see MysqlPool): on failure, once more on a
@@ -351,21 +365,22 @@ where
                 }
             };
             let Some(row) = row else { return Ok(None) };
-            match plan(&row) {
-                (decided, None) => (row, decided, None),
-                (decided, Some((to, effect))) => {
+            let (decided, step) = plan(&row);
+            let moved = match step {
+                None => Moved::NotPlanned,
+                Some((to, effect)) => {
                     let (next, credit) = next_row(&row, to, &effect, now);
                     let moved = mysql_apply(&mut c, &row, &next, credit.as_deref(), now).await?;
-                    (row, decided, Some(moved.then_some(next)))
+                    Moved::from_cas(moved, next)
                 }
-            }
+            };
+            Ok(Some(Loaded {
+                row,
+                decided,
+                moved,
+            }))
         }
-    };
-    Ok(Some(Loaded {
-        row,
-        decided,
-        moved: outcome.map(|m| m.ok_or(StoreError::Conflict)),
-    }))
+    }
 }
 
 /// The SQLite instantiation, in a module of its own so that only sync diesel's `RunQueryDsl`
@@ -374,17 +389,15 @@ mod blocking {
     use diesel::prelude::*;
     use diesel::sqlite::SqliteConnection;
 
-    use super::OrderRow;
+    use super::{Loaded, Moved, OrderRow};
     use crate::store::schema::{compute_logs as l, recharge_orders as o, users as u};
 
-    /// The row, and `Some(moved)` when a move was planned.
-    #[allow(clippy::type_complexity)]
     pub(super) fn load_and_apply<T>(
         c: &mut SqliteConnection,
         order_no: &str,
         plan: impl FnOnce(&OrderRow) -> super::Plan<T>,
         now: i64,
-    ) -> QueryResult<Option<(OrderRow, T, Option<Option<OrderRow>>)>> {
+    ) -> QueryResult<Option<Loaded<T>>> {
         let Some(row) = o::table
             .filter(o::order_no.eq(order_no))
             .select(OrderRow::as_select())
@@ -394,12 +407,18 @@ mod blocking {
             return Ok(None);
         };
         let (decided, step) = plan(&row);
-        let Some((to, effect)) = step else {
-            return Ok(Some((row, decided, None)));
+        let moved = match step {
+            None => Moved::NotPlanned,
+            Some((to, effect)) => {
+                let (next, credit) = super::next_row(&row, to, &effect, now);
+                Moved::from_cas(apply(c, &row, &next, credit.as_deref(), now)?, next)
+            }
         };
-        let (next, credit) = super::next_row(&row, to, &effect, now);
-        let moved = apply(c, &row, &next, credit.as_deref(), now)?;
-        Ok(Some((row, decided, Some(moved.then_some(next)))))
+        Ok(Some(Loaded {
+            row,
+            decided,
+            moved,
+        }))
     }
 
     pub(super) fn apply(
