@@ -5,6 +5,9 @@
 //!   "user", "user_id"}]}`), 404 when there is none.
 //! - `GET /api/v1/admin/orders/{order_no}/ledger` — the ledger rows the order caused.
 //! - `GET /api/v1/admin/users/{id}/ledger?page=&page_size=` — a user's ledger, paginated.
+//! - `GET /api/v1/admin/users/{id}/orders?page=&page_size=` — a user's orders, paginated
+//!   (`GET /api/v1/admin/orders?user_id=&page=` refuses its page parameters: serde's
+//!   `flatten` hands them to `PageQuery` as strings).
 //! - `GET /api/v1/admin/orders/{order_no}/refund-preview?refund_fen=` — the coins a refund of
 //!   that amount would take back, before the operator confirms it (nothing is written).
 //!
@@ -17,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::AdminCaller;
-use super::views::{LedgerView, PageQuery};
+use super::views::{LedgerView, OrderView, PageQuery};
 use crate::error::AppError;
 use crate::order::refund_quote::{self, Refundable};
 use crate::order::state::OrderStatus;
@@ -27,6 +30,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(search)
         .service(order_ledger)
         .service(user_ledger)
+        .service(user_orders)
         .service(refund_preview);
 }
 
@@ -109,6 +113,29 @@ async fn user_ledger(
     let logs: Vec<LedgerView> = rows.iter().map(LedgerView::from).collect();
     Ok(HttpResponse::Ok().json(json!({
         "user_id": user_id, "logs": logs, "page": page, "page_size": size, "total": total,
+    })))
+}
+
+#[get("/api/v1/admin/users/{id}/orders")]
+async fn user_orders(
+    _a: AdminCaller,
+    st: web::Data<AppState>,
+    path: web::Path<i64>,
+    q: web::Query<PageQuery>,
+) -> Result<HttpResponse, AppError> {
+    let user_id = path.into_inner();
+    users::get(&st.db, user_id)
+        .await?
+        .ok_or(AppError::NotFound("user"))?;
+    let (page, size, offset) = q.resolve();
+    let filter = orders::OrderFilter {
+        user_id: Some(user_id),
+        ..Default::default()
+    };
+    let (rows, total) = orders::list(&st.db, &filter, offset, size).await?;
+    let views: Vec<OrderView> = rows.iter().map(OrderView::from).collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "user_id": user_id, "orders": views, "page": page, "page_size": size, "total": total,
     })))
 }
 

@@ -63,10 +63,10 @@ function packageTable(list, { edit, toggle }) {
           h(
             "span",
             { class: "actions-cell" },
-            h("button", { type: "button", class: "secondary", "data-edit": p.id, on: { click: () => edit(p) } }, bi("编辑", "Edit")),
+            h("button", { type: "button", class: "secondary", id: `edit-${p.id}`, "data-edit": p.id, on: { click: () => edit(p) } }, bi("编辑", "Edit")),
             h(
               "button",
-              { type: "button", class: p.active ? "danger" : "secondary", "data-toggle": p.id, on: { click: () => toggle(p) } },
+              { type: "button", class: p.active ? "danger" : "secondary", id: `toggle-${p.id}`, "data-toggle": p.id, on: { click: () => toggle(p) } },
               p.active ? bi("停用", "Deactivate") : bi("启用", "Activate"),
             ),
           ),

@@ -44,7 +44,7 @@ async function load(root, id, notice) {
     section("流水", "Ledger", ledger),
   );
   pager(orders, (page) =>
-    api.get(api.withQuery("/api/v1/admin/orders", { user_id: u.id, page, page_size: PAGE_SIZE })).then((r) => [
+    api.get(api.withQuery(`/api/v1/admin/users/${u.id}/orders`, { page, page_size: PAGE_SIZE })).then((r) => [
       r.total,
       table(
         [
