@@ -59,9 +59,7 @@ async fn search(
         ));
     }
     let mut matches: Vec<Value> = Vec::new();
-    let order = |row: orders::OrderRow| {
-        json!({ "kind": "order", "order_no": row.order_no, "user_id": row.user_id, "status": row.status })
-    };
+    let order = |row: orders::OrderRow| json!({ "kind": "order", "order_no": row.order_no, "user_id": row.user_id, "status": row.status });
     if let Some(row) = orders::get(&st.db, text).await? {
         matches.push(order(row));
     }
@@ -72,7 +70,10 @@ async fn search(
         Ok(id) => users::get(&st.db, id).await?,
         Err(_) => None,
     };
-    for u in by_id.into_iter().chain(users::by_openid(&st.db, text).await?) {
+    for u in by_id
+        .into_iter()
+        .chain(users::by_openid(&st.db, text).await?)
+    {
         matches.push(json!({ "kind": "user", "user_id": u.id, "openid": u.openid }));
     }
     matches.dedup();

@@ -57,10 +57,16 @@ async fn overview(_a: AdminCaller, st: web::Data<AppState>) -> Result<HttpRespon
 
 /// The Beijing date of `now_ms` and its bounds in epoch milliseconds, `[from, to)`.
 fn beijing_day(now_ms: i64) -> (String, i64, i64) {
-    let local = BEIJING.timestamp_millis_opt(now_ms).single().unwrap_or_else(|| {
-        // Out of chrono's range only for absurd clocks: fall back to the epoch's day.
-        BEIJING.timestamp_millis_opt(0).single().unwrap_or_else(|| unreachable!())
-    });
+    let local = BEIJING
+        .timestamp_millis_opt(now_ms)
+        .single()
+        .unwrap_or_else(|| {
+            // Out of chrono's range only for absurd clocks: fall back to the epoch's day.
+            BEIJING
+                .timestamp_millis_opt(0)
+                .single()
+                .unwrap_or_else(|| unreachable!())
+        });
     let date = local.date_naive();
     let start = date
         .and_hms_opt(0, 0, 0)
@@ -123,7 +129,11 @@ impl Window {
             }
             _ => (None, counts.clone()),
         };
-        if self.samples.back().is_none_or(|(t, _)| *t <= now - MINUTE_MS) {
+        if self
+            .samples
+            .back()
+            .is_none_or(|(t, _)| *t <= now - MINUTE_MS)
+        {
             self.samples.push_back((now, counts));
         }
         (since, growth)
@@ -148,10 +158,7 @@ mod tests {
         assert_eq!(w.observe(t0, counts(5)), (None, counts(5)));
         assert_eq!(w.observe(t0 + 30 * MINUTE_MS, counts(8)), (None, counts(8)));
         // An hour after the first sample, it is the window's start.
-        assert_eq!(
-            w.observe(t0 + HOUR_MS, counts(9)),
-            (Some(t0), counts(4))
-        );
+        assert_eq!(w.observe(t0 + HOUR_MS, counts(9)), (Some(t0), counts(4)));
         // Later still, the 30-minute sample takes over.
         assert_eq!(
             w.observe(t0 + 90 * MINUTE_MS, counts(20)),

@@ -27,7 +27,11 @@ pub struct PaidTotals {
 /// `SUM(amount_fen)` as a 64-bit integer on both backends (MySQL's SUM of a BIGINT is a DECIMAL).
 const SUM_AMOUNT_FEN: &str = "CAST(SUM(amount_fen) AS SIGNED)";
 
-pub async fn paid_between(pool: &DbPool, from_ms: i64, to_ms: i64) -> Result<PaidTotals, StoreError> {
+pub async fn paid_between(
+    pool: &DbPool,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<PaidTotals, StoreError> {
     let (orders, fen): (i64, Option<i64>) = with_read!(pool, conn => o::table
         .filter(o::status.eq(OrderStatus::Paid.as_str()))
         .filter(o::paid_at.ge(from_ms))
