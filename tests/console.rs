@@ -463,7 +463,7 @@ async fn an_operator_works_through_every_screen_in_a_real_browser() {
     wait_js(&c, "!document.getElementById('confirm').open").await;
     type_into(&c, "refund-amount", "6.01").await;
     click(&c, "refund-submit").await;
-    wait_text(&c, "refund-amount-error", "at most 600 fen").await;
+    wait_text(&c, "refund-amount-error", "600 fen left to refund").await;
     type_into(&c, "refund-amount", "1.234").await;
     click(&c, "refund-submit").await;
     wait_text(&c, "refund-amount-error", "at most two decimals").await;

@@ -22,8 +22,8 @@ use super::AppState;
 use super::auth::AdminCaller;
 use super::views::{LedgerView, OrderView, PageQuery};
 use crate::error::AppError;
-use crate::order::refund_quote::{self, Refundable};
 use crate::order::state::OrderStatus;
+use crate::refund::state::coins_to_take;
 use crate::store::{ledger, orders, stats, users};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -168,20 +168,14 @@ async fn refund_preview(
             "only a paid order can be refunded",
         ));
     }
-    let done = stats::refunded_by_ledger(&st.db, &row.order_no).await?;
-    let order = Refundable {
-        amount_fen: row.amount_fen,
-        total_coins: row.credit(),
-        refunded_fen: done.fen,
-        refunded_coins: done.coins,
-    };
-    let quote = refund_quote::quote(order, refund_fen)
+    let before = stats::refunded_by_ledger(&st.db, &row.order_no).await?;
+    let coins = coins_to_take(row.amount_fen, row.credit(), before, refund_fen)
         .map_err(|e| AppError::validation("refund_fen", e.to_string()))?;
     Ok(HttpResponse::Ok().json(json!({
         "order_no": row.order_no,
-        "refund_fen": quote.refund_fen,
-        "coins": quote.coins,
-        "refundable_fen": quote.refundable_fen,
-        "coins_left": quote.coins_left,
+        "refund_fen": refund_fen,
+        "coins": coins,
+        "refundable_fen": (row.amount_fen - before.fen).max(0),
+        "coins_left": (row.credit() - before.coins).max(0),
     })))
 }

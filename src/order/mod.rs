@@ -3,7 +3,6 @@
 
 pub mod actor;
 pub mod number;
-pub mod refund_quote;
 pub mod registry;
 pub mod service;
 pub mod state;

@@ -10,6 +10,7 @@ use super::ledger::LedgerRow;
 use super::schema::{compute_logs as l, recharge_orders as o};
 use super::{DbPool, StoreError};
 use crate::order::state::OrderStatus;
+use crate::refund::state::Refunded;
 use crate::with_read;
 
 /// The ledger kinds a refund writes (issue 12): coins taken back when a refund is reserved,
@@ -57,12 +58,6 @@ pub async fn ledger_for_order(pool: &DbPool, order_no: &str) -> Result<Vec<Ledge
 
 /// What the ledger says has been taken back for one order: coins (net of reversals) and fen
 /// (the `amount_fen` of refund rows, net of reversals).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Refunded {
-    pub coins: i64,
-    pub fen: i64,
-}
-
 pub async fn refunded_by_ledger(pool: &DbPool, order_no: &str) -> Result<Refunded, StoreError> {
     let rows: Vec<(String, i64, Option<i64>)> = with_read!(pool, conn => l::table
         .filter(l::order_no.eq(order_no))
