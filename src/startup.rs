@@ -137,10 +137,14 @@ impl Application {
             })
         };
         // Each client exists only when its credentials are complete (config.rs decides).
-        let pay = (settings.wechat.pay_config())
+        let pay = settings
+            .wechat
+            .pay_config()
             .map(|c| WechatClient::new(c).with_observer(observer.clone()));
-        let login =
-            (settings.wechat.login_config()).map(|c| LoginClient::new(c).with_observer(observer));
+        let login = settings
+            .wechat
+            .login_config()
+            .map(|c| LoginClient::new(c).with_observer(observer));
 
         let settings = Arc::new(settings);
 
