@@ -371,6 +371,31 @@ async fn business_errors() {
 }
 
 #[actix_web::test]
+async fn userpaying_until_the_payment_completes() {
+    let sim = Sim::start(fast_config()).await;
+    let client = sim.client();
+    let o = order("CR_PAYING_001", 100);
+    let prepay = client.unified_order(&o).await.expect("order");
+    let (status, body) = sim.pay(&o.out_trade_no, "?userpaying=true").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["notification_chains"], 0);
+    let q = client.order_query(&o.out_trade_no).await.expect("query");
+    assert_eq!(q.trade_state, TradeState::UserPaying);
+    assert_eq!(q.transaction_id, None);
+    // Re-entry while paying keeps the prepay_id.
+    assert_eq!(client.unified_order(&o).await.expect("re-entry"), prepay);
+    let (_, paid) = sim.pay(&o.out_trade_no, "?notify=false").await;
+    let q = client.order_query(&o.out_trade_no).await.expect("query");
+    assert_eq!(q.trade_state, TradeState::Success);
+    assert_eq!(q.transaction_id.as_deref(), paid["transaction_id"].as_str());
+    // Paid: it cannot go back to paying.
+    let (status, body) = sim.pay(&o.out_trade_no, "?userpaying=true").await;
+    assert_eq!(status, 409);
+    assert_eq!(body["error"], "ORDERPAID");
+    sim.stop().await;
+}
+
+#[actix_web::test]
 async fn lack_params_and_garbage() {
     let sim = Sim::start(fast_config()).await;
     let cfg = sim.sb.config().clone();
