@@ -297,33 +297,23 @@ async fn every_metric_in_rules_and_dashboard_is_exported() {
         SUCCESS,
         "amount mismatch"
     );
-    let r = send(
-        client()
-            .post(app.url("/api/v1/internal/coin/consume"))
-            .insert_header(("Authorization", format!("Bearer {INTERNAL_TOKEN}")))
-            .insert_header(("Content-Type", "application/json")),
-        Some(
-            serde_json::to_vec(&serde_json::json!({
-                "user_id": user_id, "amount": 5, "request_id": "ops-consume-1", "reason": "ops test"
-            }))
-            .expect("json"),
-        ),
-    )
-    .await;
+    let consume = serde_json::json!({
+        "user_id": user_id, "amount": 5, "request_id": "ops-consume-1", "reason": "ops test"
+    });
+    let r = app
+        .post_json(
+            "/api/v1/internal/coin/consume",
+            Some(INTERNAL_TOKEN),
+            &consume,
+        )
+        .await;
     assert_eq!(r.status, 200, "consume: {}", r.text());
-    let r = send(
-        client()
-            .post(app.url("/api/v1/admin/balance/adjust"))
-            .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
-            .insert_header(("Content-Type", "application/json")),
-        Some(
-            serde_json::to_vec(&serde_json::json!({
-                "user_id": user_id, "delta": 5, "request_id": "ops-adjust-1", "reason": "ops test"
-            }))
-            .expect("json"),
-        ),
-    )
-    .await;
+    let adjust = serde_json::json!({
+        "user_id": user_id, "delta": 5, "request_id": "ops-adjust-1", "reason": "ops test"
+    });
+    let r = app
+        .post_json("/api/v1/admin/balance/adjust", Some(ADMIN_TOKEN), &adjust)
+        .await;
     assert_eq!(r.status, 200, "adjust: {}", r.text());
     wait_until("a completed sweep", WAIT, || async {
         last_sweep(&app.metrics().await).is_some_and(|t| t > 0.0)
@@ -716,8 +706,7 @@ async fn sigterm_is_graceful(backend: Backend) {
     let (token, user_id) = a.login("ops-sigterm").await;
     let mut nos = Vec::new();
     for _ in 0..ORDERS {
-        let o = a.create_order(&token, 1).await;
-        nos.push(o["order_no"].as_str().expect("order_no").to_string());
+        nos.push(a.order_no(&token, 1).await);
     }
     // A batch of concurrent payments (3 notification chains each), and SIGTERM while they
     // are under way.

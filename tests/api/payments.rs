@@ -82,16 +82,8 @@ async fn happy_path_login_order_pay_credit(backend: Backend) {
     assert_eq!(page2["orders"][0]["order_no"], no.as_str());
 
     let metrics = app.metrics().await;
-    assert_eq!(
-        sample(&metrics, "coinpay_notifications_total{outcome=\"ok\"}"),
-        Some(1.0),
-        "{metrics}"
-    );
-    assert_eq!(
-        sample(&metrics, "coinpay_coins_credited_total"),
-        Some(330.0),
-        "{metrics}"
-    );
+    assert_sample(&metrics, "coinpay_notifications_total{outcome=\"ok\"}", 1.0);
+    assert_sample(&metrics, "coinpay_coins_credited_total", 330.0);
     db.assert_invariants().await;
 }
 
@@ -110,10 +102,10 @@ async fn sixty_four_concurrent_copies_of_one_notification_credit_once(backend: B
     }
     assert_eq!(app.balance(&token).await, 60);
     let m = app.metrics().await;
-    assert_eq!(
-        sample(&m, "coinpay_notifications_total{outcome=\"duplicate\"}"),
-        Some(63.0),
-        "{m}"
+    assert_sample(
+        &m,
+        "coinpay_notifications_total{outcome=\"duplicate\"}",
+        63.0,
     );
     db.assert_invariants().await;
 }
@@ -125,8 +117,7 @@ async fn twenty_orders_paid_concurrently_each_credited_once(backend: Backend) {
     let (token, _) = app.login("many-orders").await;
     let mut nos = Vec::new();
     for _ in 0..20 {
-        let o = app.create_order(&token, 1).await;
-        nos.push(o["order_no"].as_str().expect("no").to_string());
+        nos.push(app.order_no(&token, 1).await);
     }
     let replies = join_all(nos.iter().map(|no| app.sandbox_pay(no, "duplicates=1"))).await;
     assert!(replies.iter().all(|r| r.status == 200));
@@ -486,10 +477,10 @@ async fn an_expired_order_paid_late_is_credited(backend: Backend) {
     assert_eq!(app.balance(&token).await, 60);
     assert_eq!(app.order(&token, &no).await["status"], "paid");
     let m = app.metrics().await;
-    assert_eq!(
-        sample(&m, "coinpay_notifications_total{outcome=\"late_payment\"}"),
-        Some(1.0),
-        "{m}"
+    assert_sample(
+        &m,
+        "coinpay_notifications_total{outcome=\"late_payment\"}",
+        1.0,
     );
     db.assert_invariants().await;
 }
@@ -502,10 +493,7 @@ async fn settled_order_actors_stop_and_come_back_from_the_database() {
         .env("ORDER_ACTOR_IDLE_SECONDS", "1")
         .spawn();
     let (token, _) = app.login("actor-life").await;
-    let no = app.create_order(&token, 1).await["order_no"]
-        .as_str()
-        .expect("no")
-        .to_string();
+    let no = app.order_no(&token, 1).await;
     let body = notification(&no, "4200000000000000000000007777", 600, |_| {});
     assert_eq!(app.notify_raw(&body, &[]).await.text(), SUCCESS);
     assert!(
@@ -520,9 +508,10 @@ async fn settled_order_actors_stop_and_come_back_from_the_database() {
     assert_eq!(app.notify_raw(&body, &[]).await.text(), SUCCESS);
     assert_eq!(app.balance(&token).await, 60);
     let m = app.metrics().await;
-    assert_eq!(
-        sample(&m, "coinpay_notifications_total{outcome=\"duplicate\"}"),
-        Some(1.0)
+    assert_sample(
+        &m,
+        "coinpay_notifications_total{outcome=\"duplicate\"}",
+        1.0,
     );
     db.assert_invariants().await;
 }
@@ -539,10 +528,7 @@ async fn notifications_for_orders_without_a_live_actor_follow_every_rule(backend
         .env("ORDER_ACTOR_IDLE_SECONDS", "1")
         .spawn();
     let (token, _) = app.login("cold-actor").await;
-    let no = app.create_order(&token, 1).await["order_no"]
-        .as_str()
-        .expect("no")
-        .to_string();
+    let no = app.order_no(&token, 1).await;
     let all_stopped = || async { live_actors(&app.metrics().await) == 0.0 };
 
     wait_until("actors stop", WAIT, all_stopped).await;
@@ -582,7 +568,7 @@ async fn notifications_for_orders_without_a_live_actor_follow_every_rule(backend
             1.0,
         ),
     ] {
-        assert_eq!(sample(&m, series), Some(n), "{series}");
+        assert_sample(&m, series, n);
     }
     db.assert_invariants().await;
 }

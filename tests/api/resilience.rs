@@ -25,14 +25,8 @@ async fn sweeper_expires_unpaid_orders_and_recovers_paid_ones(backend: Backend) 
     let db = TestDb::new(&backend).await;
     let app = app(&db).fast_sweeper().spawn();
     let (token, _) = app.login("sweep-user").await;
-    let unpaid = app.create_order(&token, 1).await["order_no"]
-        .as_str()
-        .expect("no")
-        .to_string();
-    let silent = app.create_order(&token, 2).await["order_no"]
-        .as_str()
-        .expect("no")
-        .to_string();
+    let unpaid = app.order_no(&token, 1).await;
+    let silent = app.order_no(&token, 2).await;
     // Paid at WeChat, but the notification never comes: only orderquery can find it.
     let r = app.sandbox_pay(&silent, "notify=false").await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -55,12 +49,8 @@ async fn sweeper_expires_unpaid_orders_and_recovers_paid_ones(backend: Backend) 
         "the run reports what it recovered"
     );
     let m = app.metrics().await;
-    assert_eq!(sample(&m, "coinpay_sweeper_lease_held"), Some(1.0), "{m}");
-    assert_eq!(
-        sample(&m, "coinpay_orders_total{event=\"expired\"}"),
-        Some(1.0),
-        "{m}"
-    );
+    assert_sample(&m, "coinpay_sweeper_lease_held", 1.0);
+    assert_sample(&m, "coinpay_orders_total{event=\"expired\"}", 1.0);
     db.assert_invariants().await;
 }
 
@@ -95,8 +85,7 @@ async fn a_notification_whose_transaction_fails_is_refused_then_credited_once_on
     let (token, _) = first.login("storage-fault").await;
     let mut nos = Vec::new();
     for _ in 0..2 {
-        let o = first.create_order(&token, 1).await;
-        nos.push(o["order_no"].as_str().expect("order_no").to_string());
+        nos.push(first.order_no(&token, 1).await);
     }
     let bodies: Vec<Vec<u8>> = nos
         .iter()
@@ -121,10 +110,10 @@ async fn a_notification_whose_transaction_fails_is_refused_then_credited_once_on
         r.text()
     );
     let m = first.metrics().await;
-    assert_eq!(
-        sample(&m, "coinpay_notifications_total{outcome=\"storage_error\"}"),
-        Some(1.0),
-        "{m}"
+    assert_sample(
+        &m,
+        "coinpay_notifications_total{outcome=\"storage_error\"}",
+        1.0,
     );
     drop(first);
 
@@ -177,7 +166,7 @@ async fn a_notification_whose_transaction_fails_is_refused_then_credited_once_on
         ("coinpay_notifications_total{outcome=\"ok\"}", 2.0),
         ("coinpay_notifications_total{outcome=\"duplicate\"}", 2.0),
     ] {
-        assert_eq!(sample(&m, series), Some(n), "{series}\n{m}");
+        assert_sample(&m, series, n);
     }
     db.assert_invariants().await;
 }
@@ -201,14 +190,8 @@ async fn the_sweeper_leaves_an_order_being_paid_pending_and_never_closes_it(back
     let db = TestDb::new(&backend).await;
     let app = app(&db).fast_sweeper().env("LOG_FORMAT", "json").spawn();
     let (token, _) = app.login("user-paying").await;
-    let paying = app.create_order(&token, 1).await["order_no"]
-        .as_str()
-        .expect("no")
-        .to_string();
-    let unpaid = app.create_order(&token, 1).await["order_no"]
-        .as_str()
-        .expect("no")
-        .to_string();
+    let paying = app.order_no(&token, 1).await;
+    let unpaid = app.order_no(&token, 1).await;
     let r = app.sandbox_pay(&paying, "userpaying=true").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["trade_state"], "USERPAYING");
@@ -410,12 +393,7 @@ async fn kill_minus_nine_loses_no_payment(backend: Backend) {
     let (token, _) = app1.login("restart-user").await;
     let mut nos = Vec::new();
     for _ in 0..12 {
-        nos.push(
-            app1.create_order(&token, 1).await["order_no"]
-                .as_str()
-                .expect("no")
-                .to_string(),
-        );
+        nos.push(app1.order_no(&token, 1).await);
     }
     // Pay everything at "WeChat": most notify (with duplicates), some never notify.
     let pays = join_all(nos.iter().enumerate().map(|(i, no)| {
@@ -468,10 +446,7 @@ async fn two_instances_sweep_one_at_a_time_and_hand_over() {
     let mut unpaid = Vec::new();
     let mut silent = Vec::new();
     for i in 0..8 {
-        let no = a.create_order(&token, 1).await["order_no"]
-            .as_str()
-            .expect("no")
-            .to_string();
+        let no = a.order_no(&token, 1).await;
         if i % 2 == 0 {
             sim.sim_pay("", &no, "notify=false").await;
             silent.push(no);
@@ -501,10 +476,7 @@ async fn two_instances_sweep_one_at_a_time_and_hand_over() {
     holder.kill9();
     let t = Instant::now();
     // More overdue orders for the survivor to handle.
-    let late_no = other.create_order(&token, 1).await["order_no"]
-        .as_str()
-        .expect("no")
-        .to_string();
+    let late_no = other.order_no(&token, 1).await;
     sim.sim_pay("", &late_no, "notify=false").await;
     wait_until("lease handed over", Duration::from_secs(10), || async {
         lease_held(other).await
@@ -578,8 +550,7 @@ async fn killed_database_connections_cost_no_request() {
     let (token, _) = app.login("killed-connections").await;
     let mut orders = Vec::new();
     for _ in 0..3 {
-        let o = app.create_order(&token, 1).await;
-        orders.push(o["order_no"].as_str().expect("no").to_string());
+        orders.push(app.order_no(&token, 1).await);
     }
     wait_until("actors stop", WAIT, || async {
         live_actors(&app.metrics().await) == 0.0

@@ -414,10 +414,10 @@ async fn admin_packages_orders_users_and_adjustments(backend: Backend) {
         "tokens never logged"
     );
     let m = app.metrics().await;
-    assert_eq!(
-        sample(&m, "coinpay_admin_actions_total{kind=\"balance_adjust\"}"),
-        Some(1.0),
-        "{m}"
+    assert_sample(
+        &m,
+        "coinpay_admin_actions_total{kind=\"balance_adjust\"}",
+        1.0,
     );
     db.assert_invariants().await;
 }
@@ -427,14 +427,8 @@ async fn recheck_settles_a_paid_but_unnotified_order_without_expiring_early(back
     let db = TestDb::new(&backend).await;
     let app = shop(&db).spawn();
     let (token, _) = app.login("ticket").await;
-    let paid = app.create_order(&token, 1).await["order_no"]
-        .as_str()
-        .expect("no")
-        .to_string();
-    let unpaid = app.create_order(&token, 1).await["order_no"]
-        .as_str()
-        .expect("no")
-        .to_string();
+    let paid = app.order_no(&token, 1).await;
+    let unpaid = app.order_no(&token, 1).await;
     assert_eq!(app.sandbox_pay(&paid, "notify=false").await.status, 200);
     actix_rt::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(app.balance(&token).await, 0, "no notification came");

@@ -217,6 +217,13 @@ impl App {
         assert_eq!(r.status, 200, "create order: {}", r.text());
         r.json()
     }
+    /// Creates an order of `package_id` and returns its number.
+    pub async fn order_no(&self, token: &str, package_id: i64) -> String {
+        self.create_order(token, package_id).await["order_no"]
+            .as_str()
+            .expect("order_no")
+            .to_string()
+    }
     /// Pays at the simulator (which then notifies us), with a query string like "duplicates=3".
     pub async fn sandbox_pay(&self, order_no: &str, query: &str) -> Resp {
         self.sim_pay("/sandbox", order_no, query).await

@@ -108,6 +108,15 @@ pub fn log_events(logs: &str, message: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `series` (exactly as exposed) has the value `expected` in the scrape `metrics`.
+pub fn assert_sample(metrics: &str, series: &str, expected: f64) {
+    assert_eq!(
+        sample(metrics, series),
+        Some(expected),
+        "{series} in\n{metrics}"
+    );
+}
+
 /// The number of live order actors, -1 when the gauge is missing.
 pub fn live_actors(metrics: &str) -> f64 {
     sample(metrics, "coinpay_order_actors").unwrap_or(-1.0)
