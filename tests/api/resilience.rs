@@ -589,7 +589,7 @@ async fn mysql_connections_are_handed_out_in_arrival_order() {
     use diesel_async::SimpleAsyncConnection;
     let Some(backend) = mysql() else { return };
     let db = TestDb::new(&backend).await;
-    let pool = DbPool::connect(&db.url, 1).await.expect("pool");
+    let pool = db.connect(1).await.expect("pool");
     let DbPool::Mysql(p) = &pool else {
         panic!("a MySQL URL gives a MySQL pool")
     };

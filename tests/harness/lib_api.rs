@@ -4,19 +4,24 @@
 
 use coinpay::sandbox::SandboxConfig;
 pub use coinpay::store::DbPool;
+use secrecy::ExposeSecret;
 
 /// The reply that acknowledges a notification, byte for byte.
 pub const SUCCESS: &str = coinpay::wechat::xml::SUCCESS_REPLY;
 
+fn parse(url: &str) -> Result<coinpay::config::DbUrl, String> {
+    url.parse().map_err(|e| format!("DATABASE_URL {url}: {e}"))
+}
+
 pub(super) async fn migrate(url: &str) -> Result<(), String> {
-    coinpay::store::run_migrations(url)
+    coinpay::store::run_migrations(&parse(url)?)
         .await
         .map(|_| ())
         .map_err(|e| format!("migrate {url}: {e}"))
 }
 
 pub(super) async fn connect(url: &str, size: u32) -> Result<DbPool, String> {
-    DbPool::connect(url, size)
+    DbPool::connect(&parse(url)?, size)
         .await
         .map_err(|e| format!("connect to {url}: {e}"))
 }
@@ -45,5 +50,6 @@ pub fn notification(
     let c = sandbox_credentials();
     let mut p = coinpay::sandbox::paid_notification_fields(&c, order_no, transaction_id, total_fee);
     tweak(&mut p);
-    coinpay::wechat::notify::build_notification(&p, &c.api_key, c.sign_type, false).into_bytes()
+    let key = c.api_key.expose_secret();
+    coinpay::wechat::notify::build_notification(&p, key, c.sign_type, false).into_bytes()
 }

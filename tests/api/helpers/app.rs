@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use super::TestDb;
@@ -68,9 +69,9 @@ impl AppBuilder {
         self.args(&["serve"])
             .env("BIND_ADDR", &format!("127.0.0.1:{port}"))
             .env("WECHAT_APP_ID", &c.app_id)
-            .env("WECHAT_APP_SECRET", &c.app_secret)
+            .env("WECHAT_APP_SECRET", c.app_secret.expose_secret())
             .env("WECHAT_PAY_MCH_ID", &c.mch_id)
-            .env("WECHAT_PAY_API_KEY", &c.api_key)
+            .env("WECHAT_PAY_API_KEY", c.api_key.expose_secret())
             .env(
                 "WECHAT_PAY_NOTIFY_URL",
                 &format!("http://127.0.0.1:{port}/api/v1/client/coin/recharge/callback"),
