@@ -288,10 +288,10 @@ impl Sandbox {
                     code: "ORDERCLOSED",
                     des: "该订单已关闭".into(),
                 },
-                SimTradeState::NotPay if order.business == business => {
+                SimTradeState::NotPay | SimTradeState::UserPaying if order.business == business => {
                     Reply::Ok(prepay_fields(trade_type, &order.prepay_id))
                 }
-                SimTradeState::NotPay => Reply::BizFail {
+                SimTradeState::NotPay | SimTradeState::UserPaying => Reply::BizFail {
                     code: "OUT_TRADE_NO_USED",
                     des: "商户订单号重复".into(),
                 },
@@ -378,7 +378,9 @@ impl Sandbox {
                 code: "ORDERCLOSED",
                 des: "订单已关闭，无法重复关闭".into(),
             },
-            SimTradeState::NotPay => {
+            // A payment in progress is closed too: the simulator does not shield a merchant
+            // that closes without asking first, so that tests can see one that does.
+            SimTradeState::NotPay | SimTradeState::UserPaying => {
                 // WeChat's 5-minute minimum before closing is not enforced: tests need it fast.
                 order.trade_state = SimTradeState::Closed;
                 let mut f = Params::new();

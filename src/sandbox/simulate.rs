@@ -22,6 +22,10 @@ pub(super) struct PayQuery {
     delay_ms: u64,
     #[serde(default = "yes")]
     notify: bool,
+    /// The user opens the payment and has not finished it: orderquery answers USERPAYING and
+    /// nothing is notified until a later pay without this flag completes the payment.
+    #[serde(default)]
+    userpaying: bool,
 }
 
 fn yes() -> bool {
@@ -48,7 +52,26 @@ pub(super) async fn pay(
             return HttpResponse::Conflict()
                 .json(json!({ "error": "ORDERCLOSED", "out_trade_no": out_trade_no }));
         }
-        let newly_paid = order.trade_state == SimTradeState::NotPay;
+        if q.userpaying {
+            return match order.trade_state {
+                SimTradeState::NotPay | SimTradeState::UserPaying => {
+                    order.trade_state = SimTradeState::UserPaying;
+                    tracing::info!(%out_trade_no, "sandbox payment started (USERPAYING)");
+                    HttpResponse::Ok().json(json!({
+                        "out_trade_no": out_trade_no,
+                        "trade_state": order.trade_state.as_str(),
+                        "notification_chains": 0,
+                    }))
+                }
+                // Paid already (a closed order was refused above).
+                _ => HttpResponse::Conflict()
+                    .json(json!({ "error": "ORDERPAID", "out_trade_no": out_trade_no })),
+            };
+        }
+        let newly_paid = matches!(
+            order.trade_state,
+            SimTradeState::NotPay | SimTradeState::UserPaying
+        );
         if newly_paid {
             order.trade_state = SimTradeState::Success;
             order.transaction_id = Some(new_transaction_id());
