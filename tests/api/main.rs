@@ -10,6 +10,7 @@
 mod harness;
 mod helpers;
 
+mod console;
 mod foundation;
 mod ops;
 mod payments;
