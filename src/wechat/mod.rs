@@ -4,6 +4,7 @@
 //! timestamps, integer fen, byte-exact notify replies. Refunds, refund notifications, bills and
 //! the mutual-TLS client follow `wechatpay-next.md`.
 
+pub mod bill;
 pub mod client;
 pub mod notify;
 pub mod pay_params;

@@ -197,9 +197,9 @@ impl WechatError {
             WechatError::Business { code, .. } if RETRY_CODES.contains(&code.as_str()) => {
                 RefundDisposition::Retry
             }
-            WechatError::Business { .. } | WechatError::NotConfigured | WechatError::Login { .. } => {
-                RefundDisposition::Final
-            }
+            WechatError::Business { .. }
+            | WechatError::NotConfigured
+            | WechatError::Login { .. } => RefundDisposition::Final,
         }
     }
 }
@@ -254,8 +254,14 @@ pub enum RefundQueryKey {
     /// One refund (the poller's query).
     OutRefundNo(String),
     /// All refunds of an order, 10 per page from `offset`.
-    TransactionId { transaction_id: String, offset: u32 },
-    OutTradeNo { out_trade_no: String, offset: u32 },
+    TransactionId {
+        transaction_id: String,
+        offset: u32,
+    },
+    OutTradeNo {
+        out_trade_no: String,
+        offset: u32,
+    },
 }
 
 impl RefundQueryKey {
@@ -318,7 +324,9 @@ pub struct RefundQueryResult {
 
 impl RefundQueryResult {
     pub fn find(&self, out_refund_no: &str) -> Option<&RefundRecord> {
-        self.refunds.iter().find(|r| r.out_refund_no == out_refund_no)
+        self.refunds
+            .iter()
+            .find(|r| r.out_refund_no == out_refund_no)
     }
 }
 

@@ -260,7 +260,6 @@ pub fn build_notification(
 mod tests {
     use super::*;
     use crate::wechat::sign::SignType;
-    use base64::Engine as _;
     use sha2::Sha256;
     use std::time::Duration;
 

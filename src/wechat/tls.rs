@@ -447,7 +447,10 @@ mod tests {
         let missing = dir.path().join("nope.pem");
         let e = ClientIdentity::load(&missing, &k).expect_err("missing cert");
         assert_eq!(e.variable(), CERT_PATH_VAR);
-        assert!(e.to_string().starts_with("WECHAT_PAY_CERT_PATH: cannot read"));
+        assert!(
+            e.to_string()
+                .starts_with("WECHAT_PAY_CERT_PATH: cannot read")
+        );
         let e = ClientIdentity::load(&c, &missing).expect_err("missing key");
         assert_eq!(e.variable(), KEY_PATH_VAR);
 
