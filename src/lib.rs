@@ -7,6 +7,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod order;
+pub mod refund;
 pub mod sandbox;
 pub mod startup;
 pub mod store;

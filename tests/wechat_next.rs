@@ -10,8 +10,12 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use chrono::{NaiveDate, Utc};
 use coinpay::sandbox::{Sandbox, SandboxConfig, SandboxTls, serve_tls};
 use coinpay::wechat::bill::{BillDownload, BillError, BillRequest, BillTradeState};
-use coinpay::wechat::client::{UnifiedOrder, WechatClient, WechatConfig, WechatError};
-use coinpay::wechat::refund::{RefundDisposition, RefundQueryKey, RefundRequest, RefundStatus};
+use coinpay::wechat::client::{
+    PayCredentials, UnifiedOrder, WechatClient, WechatConfig, WechatError,
+};
+use coinpay::wechat::refund::{
+    RefundClient, RefundDisposition, RefundQueryKey, RefundRequest, RefundStatus,
+};
 use coinpay::wechat::refund_notify::{self, RefundNotifyInfo};
 use coinpay::wechat::sign::SignType;
 use coinpay::wechat::tls::PayTls;
@@ -49,13 +53,13 @@ impl Sim {
     fn config(&self) -> WechatConfig {
         let c = self.sb.config();
         WechatConfig {
-            app_id: c.app_id.clone(),
-            app_secret: c.app_secret.clone(),
-            mch_id: c.mch_id.clone(),
-            api_key: c.api_key.clone(),
-            sign_type: SignType::Md5,
+            credentials: PayCredentials {
+                app_id: c.app_id.clone(),
+                mch_id: c.mch_id.clone(),
+                api_key: c.api_key.clone(),
+                sign_type: SignType::Md5,
+            },
             pay_api_base: self.base.clone(),
-            api_base: self.base.clone(),
             notify_url: "https://example.com/notify".into(),
             timeout: Duration::from_secs(3),
             max_retries: 2,
@@ -71,6 +75,10 @@ impl Sim {
         let id = self.tls.merchant_identity().expect("identity");
         let tls = PayTls::new(&self.roots(), Some(&id)).expect("tls");
         WechatClient::new(self.config()).with_tls(tls)
+    }
+
+    fn refunds(&self) -> RefundClient {
+        self.client().refunds().expect("a client certificate")
     }
 
     /// The test CA trusted, no client certificate.
@@ -169,7 +177,7 @@ impl Receiver {
                     let g = g.clone();
                     let cfg = cfg.clone();
                     async move {
-                        let reply = match refund_notify::parse(&body, &cfg) {
+                        let reply = match refund_notify::parse(&body, &cfg.credentials) {
                             Ok(n) => {
                                 g.lock().expect("lock").push(n.info);
                                 xml::SUCCESS_REPLY.to_owned()
@@ -239,10 +247,8 @@ async fn refund_needs_the_client_certificate() {
     sim.paid_order("CRTLS0001", 100, None).await;
     let req = refund("CRTLS0001", "RFTLS0001", 100, 40, None);
 
-    // Our client does not even try without a certificate…
-    let e = sim.plain_client().refund(&req).await.expect_err("no cert");
-    assert_eq!(e, WechatError::NotConfigured);
-    assert!(!sim.plain_client().refunds_enabled());
+    // Without a certificate there is no refund client…
+    assert!(sim.plain_client().refunds().is_none());
 
     // …and the TLS listener refuses such a request as WeChat's nginx does.
     let body = xml::encode(&req.fields());
@@ -262,6 +268,8 @@ async fn refund_needs_the_client_certificate() {
     let tls = PayTls::new(&sim.roots(), Some(&foreign)).expect("tls");
     let e = WechatClient::new(sim.config())
         .with_tls(tls)
+        .refunds()
+        .expect("a certificate")
         .refund(&req)
         .await
         .expect_err("foreign certificate");
@@ -272,9 +280,7 @@ async fn refund_needs_the_client_certificate() {
     assert_eq!(e.refund_disposition(), RefundDisposition::Retry);
 
     // With the merchant certificate it is accepted.
-    let client = sim.client();
-    assert!(client.refunds_enabled());
-    let ok = client.refund(&req).await.expect("accepted");
+    let ok = sim.refunds().refund(&req).await.expect("accepted");
     assert_eq!(ok.out_refund_no, "RFTLS0001");
     assert_eq!((ok.refund_fee, ok.total_fee), (40, 100));
     assert!(ok.refund_id.starts_with("503"));
@@ -296,7 +302,7 @@ async fn refund_is_notified_encrypted_and_queryable() {
     let sim = Sim::start().await;
     let rx = Receiver::start(sim.config()).await;
     let tx = sim.paid_order("CRNOTE0001", 300, None).await;
-    let client = sim.client();
+    let client = sim.refunds();
     let r1 = refund("CRNOTE0001", "RFNOTE0001", 300, 100, Some(&rx.url));
     let r2 = refund("CRNOTE0001", "RFNOTE0002", 300, 200, Some(&rx.url)).transaction_id(&tx);
     client.refund(&r1).await.expect("first partial");
@@ -324,6 +330,7 @@ async fn refund_is_notified_encrypted_and_queryable() {
     assert_eq!(e.refund_disposition(), RefundDisposition::Final);
 
     let one = client
+        .pay()
         .refund_query(&RefundQueryKey::OutRefundNo("RFNOTE0002".into()))
         .await
         .expect("query one");
@@ -331,6 +338,7 @@ async fn refund_is_notified_encrypted_and_queryable() {
     assert_eq!(one.refunds[0].status, RefundStatus::Success);
     assert_eq!(one.refunds[0].refund_fee, 200);
     let all = client
+        .pay()
         .refund_query(&RefundQueryKey::OutTradeNo {
             out_trade_no: "CRNOTE0001".into(),
             offset: 0,
@@ -346,6 +354,7 @@ async fn refund_is_notified_encrypted_and_queryable() {
         ["RFNOTE0001", "RFNOTE0002"]
     );
     let e = client
+        .pay()
         .refund_query(&RefundQueryKey::OutRefundNo("RFNOPE".into()))
         .await
         .expect_err("unknown");
@@ -361,7 +370,7 @@ async fn refund_is_notified_encrypted_and_queryable() {
 async fn systemerror_is_resent_with_the_same_out_refund_no() {
     let sim = Sim::start().await;
     sim.paid_order("CRRETRY001", 100, None).await;
-    let client = sim.client();
+    let client = sim.refunds();
 
     // Refused twice before anything happened: the client's own retries (same bytes) win.
     let (s, _) = sim
@@ -424,7 +433,7 @@ async fn systemerror_is_resent_with_the_same_out_refund_no() {
 async fn final_refusals_and_limits() {
     let sim = Sim::start().await;
     sim.paid_order("CRFINAL001", 60, None).await;
-    let client = sim.client();
+    let client = sim.refunds();
 
     sim.post(
         "/simulate/refunds/faults",
@@ -475,7 +484,7 @@ async fn refundclose_change_processing_and_never_notified() {
     let sim = Sim::start().await;
     let rx = Receiver::start(sim.config()).await;
     sim.paid_order("CROUT00001", 400, None).await;
-    let client = sim.client();
+    let client = sim.refunds();
     let status_of = |no: &str| {
         rx.got()
             .into_iter()
@@ -512,6 +521,7 @@ async fn refundclose_change_processing_and_never_notified() {
         .await
         .expect("accepted");
     let q = client
+        .pay()
         .refund_query(&RefundQueryKey::OutRefundNo("RFPROC001".into()))
         .await
         .expect("query");
@@ -543,6 +553,7 @@ async fn refundclose_change_processing_and_never_notified() {
         .await
         .expect("accepted");
     let q = client
+        .pay()
         .refund_query(&RefundQueryKey::OutRefundNo("RFSILENT1".into()))
         .await
         .expect("query");
@@ -564,7 +575,7 @@ async fn refundclose_change_processing_and_never_notified() {
 #[actix_rt::test]
 async fn bill_of_the_simulators_own_payments_and_refunds() {
     let sim = Sim::start().await;
-    let client = sim.client();
+    let client = sim.refunds();
     let day = NaiveDate::from_ymd_opt(2025, 11, 30).expect("date");
     let tx1 = sim
         .paid_order("CRBILL0001", 100, Some("20251130235959"))
@@ -581,6 +592,7 @@ async fn bill_of_the_simulators_own_payments_and_refunds() {
         .expect("refund");
 
     let BillDownload::Bill(raw) = client
+        .pay()
         .download_bill(&BillRequest::all(day))
         .await
         .expect("bill")
@@ -609,7 +621,7 @@ async fn bill_of_the_simulators_own_payments_and_refunds() {
         bill_date: today_beijing(),
         gzip: false,
     };
-    let BillDownload::Bill(raw) = client.download_bill(&plain).await.expect("bill") else {
+    let BillDownload::Bill(raw) = client.pay().download_bill(&plain).await.expect("bill") else {
         panic!("expected today's bill");
     };
     assert!(!raw.gzip);
@@ -625,7 +637,7 @@ async fn bill_of_the_simulators_own_payments_and_refunds() {
     // An empty day.
     let empty = NaiveDate::from_ymd_opt(2020, 1, 1).expect("date");
     assert_eq!(
-        client.download_bill(&BillRequest::all(empty)).await,
+        client.pay().download_bill(&BillRequest::all(empty)).await,
         Ok(BillDownload::NoBill)
     );
     sim.stop().await;
@@ -634,14 +646,14 @@ async fn bill_of_the_simulators_own_payments_and_refunds() {
 #[actix_rt::test]
 async fn bill_faults() {
     let sim = Sim::start().await;
-    let client = sim.client();
+    let client = sim.refunds();
     let day = NaiveDate::from_ymd_opt(2026, 11, 29).expect("date");
     sim.paid_order("CRBF000001", 100, Some("20261129120000"))
         .await;
     sim.paid_order("CRBF000002", 200, Some("20261129130000"))
         .await;
     let fetch = || async {
-        match client.download_bill(&BillRequest::all(day)).await {
+        match client.pay().download_bill(&BillRequest::all(day)).await {
             Ok(BillDownload::Bill(raw)) => raw.parse(),
             Ok(BillDownload::NoBill) => panic!("expected a bill"),
             Err(e) => Err(e),
@@ -692,6 +704,7 @@ async fn bill_faults() {
     sim.post("/simulate/bills/faults", json!({"creating": true}))
         .await;
     let e = client
+        .pay()
         .download_bill(&BillRequest::all(day))
         .await
         .expect_err("creating");
@@ -700,7 +713,7 @@ async fn bill_faults() {
 
     // A wrongly signed request is refused the downloadbill way.
     let mut bad = sim.config();
-    bad.api_key = "x".repeat(32);
+    bad.credentials.api_key = "x".repeat(32).into();
     let e = WechatClient::new(bad)
         .with_tls(PayTls::new(&sim.roots(), None).expect("tls"))
         .download_bill(&BillRequest::all(day))

@@ -24,7 +24,7 @@ use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 use crate::order::number::{OrderNumbers, RedisPool};
 use crate::order::registry::OrderRegistry;
 use crate::store::DbPool;
-use crate::wechat::client::WechatClient;
+use crate::wechat::client::LoginClient;
 
 pub struct AppState {
     pub settings: Arc<Settings>,
@@ -33,7 +33,7 @@ pub struct AppState {
     pub registry: OrderRegistry,
     pub numbers: OrderNumbers,
     /// jscode2session: needs WECHAT_APP_ID and WECHAT_APP_SECRET only.
-    pub login: Option<WechatClient>,
+    pub login: Option<LoginClient>,
     pub metrics: Arc<Metrics>,
     pub jwt: auth::JwtKeys,
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::NaiveDateTime;
+use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -408,7 +409,7 @@ impl Sandbox {
                     build_notification(
                         &r.appid,
                         &cfg.mch_id,
-                        &cfg.api_key,
+                        cfg.api_key.expose_secret(),
                         &sign::nonce(),
                         &notification_info(r),
                     ),
