@@ -7,6 +7,7 @@ pub mod ledger;
 pub mod orders;
 pub mod packages;
 pub mod schema;
+pub mod stats;
 pub mod users;
 pub mod writer;
 
