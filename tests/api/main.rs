@@ -18,3 +18,4 @@ mod resilience;
 mod sandbox;
 mod shop;
 mod wechat_interop;
+mod wechat_next;
