@@ -21,7 +21,30 @@ enum Command {
         sandbox: bool,
     },
     /// Apply pending database migrations and exit (a second run does nothing).
-    Migrate,
+    Migrate {
+        /// Print the SQL of the embedded migrations for this dialect instead, to apply by hand.
+        #[arg(long, value_name = "DIALECT")]
+        print_sql: Option<coinpay::schema_sql::Dialect>,
+    },
+    /// Back the database up to FILE while the service runs (SQLite: VACUUM INTO; MySQL: mysqldump).
+    Backup {
+        #[arg(long, value_name = "FILE")]
+        to: std::path::PathBuf,
+        /// MySQL: print the mysqldump command instead of running it.
+        #[arg(long)]
+        print_command: bool,
+    },
+    /// Restore a backup of `coinpay backup` into an empty database, then check the ledger.
+    Restore {
+        #[arg(long, value_name = "FILE")]
+        from: std::path::PathBuf,
+    },
+    /// Exit 0 when the service on BIND_ADDR answers /healthz (the container's HEALTHCHECK).
+    Healthcheck {
+        /// Check this URL instead.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Walk the configuration checklist against the live settings, database and Redis.
     CheckConfig,
     /// Run the WeChat Pay simulator alone.
@@ -81,7 +104,54 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
-            Command::Migrate => {
+            Command::Migrate {
+                print_sql: Some(dialect),
+            } => {
+                print!("{}", coinpay::schema_sql::script(dialect));
+                ExitCode::SUCCESS
+            }
+            Command::Backup { to, print_command } => {
+                let s = match settings {
+                    Ok(s) => s,
+                    Err(e) => return config_error(e),
+                };
+                match coinpay::backup::backup(&s.database_url, &to, print_command).await {
+                    Ok(coinpay::backup::Backup::Written { path, summary }) => {
+                        println!("backed up to {}: {summary}", path.display());
+                        ExitCode::SUCCESS
+                    }
+                    Ok(coinpay::backup::Backup::Command(line)) => {
+                        println!("{line}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => failure(e),
+                }
+            }
+            Command::Restore { from } => {
+                let s = match settings {
+                    Ok(s) => s,
+                    Err(e) => return config_error(e),
+                };
+                match coinpay::backup::restore(&s.database_url, &from).await {
+                    Ok(report) => {
+                        println!("{report}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => failure(e),
+                }
+            }
+            Command::Healthcheck { url } => {
+                let url = match (url, &settings) {
+                    (Some(u), _) => u,
+                    (None, Ok(s)) => coinpay::healthcheck::url_for(s.bind_addr),
+                    (None, Err(e)) => return config_error_ref(e),
+                };
+                match coinpay::healthcheck::check(&url).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => failure(e),
+                }
+            }
+            Command::Migrate { print_sql: None } => {
                 let s = match settings {
                     Ok(s) => s,
                     Err(e) => return config_error(e),
@@ -141,6 +211,11 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+fn failure(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::FAILURE
 }
 
 fn config_error(e: coinpay::config::ConfigError) -> ExitCode {
