@@ -69,6 +69,8 @@ pub enum BackupError {
         status: std::process::ExitStatus,
         stderr: String,
     },
+    #[error("--print-command is for MySQL: on SQLite, coinpay backup makes the copy itself")]
+    PrintOnlyMysql,
     #[error("the target database already has coinpay's tables: restore into an empty one")]
     NotEmpty,
     #[error(transparent)]
@@ -106,6 +108,7 @@ pub async fn backup(
         return Err(BackupError::Exists(to.to_path_buf()));
     }
     match database_url.strip_prefix("sqlite://") {
+        Some(_) if print_only => Err(BackupError::PrintOnlyMysql),
         Some(path) => {
             let (db, to) = (PathBuf::from(path), to.to_path_buf());
             blocking(move || sqlite_backup(&db, &to)).await
