@@ -3,8 +3,9 @@
 #   1. Prometheus: promtool check rules/config (prometheus.yml and compose.yml), unit tests of the
 #      alerts, and the PromQL of every dashboard query
 #   2. Grafana: the dashboard JSON and the provisioning files parse and match the compose mounts
-#   3. nginx: `nginx -t` on deploy/nginx/coinpay.conf with a certificate made by make-cert.sh, and
-#      its body limit equal to coinpay's caps
+#   3. nginx: `nginx -t` on deploy/nginx/coinpay.conf with a certificate made by make-cert.sh, its
+#      body limit equal to coinpay's caps, and the site run on loopback ports in front of an echo
+#      server (redirect, 413 past 64 KiB, X-Forwarded-For replaced, private paths refused)
 #   4. systemd: `systemd-analyze verify` on deploy/systemd/*.service|timer in a temp root
 #   5. compose: `docker-compose config` (Debian's docker-compose validates against the Compose
 #      schema) on deploy/compose.yaml, every image pinned, TRUSTED_PROXIES = nginx's address
@@ -161,6 +162,8 @@ if need nginx nginx && need openssl openssl; then
     exit 1
   fi
   say "ok: $(nginx -v 2>&1 | sed 's/^nginx version: //') -t: deploy/nginx/coinpay.conf"
+  # And what it does: nginx on loopback ports in front of an echo server, stopped at the end.
+  if [[ -n $PY ]]; then "$PY" scripts/check_deploy.py nginx-run "$TMP/nginx"; fi
 fi
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
     check_deploy.py grafana    deploy                   provisioning files parse and match the compose mounts
     check_deploy.py dockerfile deploy/Dockerfile        pinned bases, non-root USER, HEALTHCHECK, locked build
     check_deploy.py limits     deploy/nginx/coinpay.conf  client_max_body_size == coinpay's body caps
+    check_deploy.py nginx-run  DIR                      the site (prepared in DIR) served by nginx on loopback
 
 Each prints one "ok: ..." line, or the problems and exits 1. Needs PyYAML.
 """
@@ -167,8 +168,111 @@ def limits(path):
     print(f"ok: nginx client_max_body_size {nginx} = coinpay's caps (JSON {json_cap}, XML {xml_cap})")
 
 
+def nginx_run(workdir):
+    """Runs nginx on the site (prepared by check-deploy.sh in WORKDIR: nginx.conf, coinpay.conf
+    with the upstream on UPSTREAM_PORT) on loopback ports, with an echo server as coinpay, and
+    checks what the site does: redirect, body limit, hidden paths, X-Forwarded-For."""
+    import http.client
+    import http.server
+    import socket
+    import ssl
+    import subprocess
+    import threading
+    import time
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        def reply(self):
+            n = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(n)
+            body = json.dumps({"path": self.path, "xff": self.headers.get("X-Forwarded-For"),
+                               "proto": self.headers.get("X-Forwarded-Proto"), "len": n}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        do_GET = do_POST = reply
+
+        def log_message(self, *args):
+            pass
+
+    echo = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=echo.serve_forever, daemon=True).start()
+    http_port, https_port = free_port(), free_port()
+    site = open(os.path.join(workdir, "coinpay.conf"), encoding="utf-8").read()
+    site = re.sub(r"server 127\.0\.0\.1:800[01]", f"server 127.0.0.1:{echo.server_port}", site)
+    site = re.sub(r"^\s*listen \[::\]:\d+( ssl)?;\n", "", site, flags=re.M)
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{http_port};")
+    site = site.replace("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;")
+    open(os.path.join(workdir, "coinpay.conf"), "w", encoding="utf-8").write(site)
+    conf = os.path.join(workdir, "nginx.conf")
+    nginx = subprocess.Popen(["nginx", "-e", "stderr", "-p", workdir, "-c", conf, "-g", "daemon off;"],
+                             stderr=subprocess.PIPE)
+    problems = []
+    try:
+        deadline = time.time() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", https_port), timeout=1).close()
+                break
+            except OSError:
+                if nginx.poll() is not None or time.time() > deadline:
+                    fail([f"nginx did not start: {nginx.stderr.read().decode(errors='replace')}"])
+                time.sleep(0.05)
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+
+        def request(method, path, body=None, headers=None, plain=False):
+            c = (http.client.HTTPConnection("127.0.0.1", http_port, timeout=10) if plain else
+                 http.client.HTTPSConnection("127.0.0.1", https_port, timeout=10, context=tls))
+            c.request(method, path, body=body, headers=headers or {})
+            r = c.getresponse()
+            data = r.read()
+            c.close()
+            return r.status, r.getheader("Location"), data
+
+        def expect(what, got, want):
+            if got != want:
+                problems.append(f"{what}: got {got!r}, want {want!r}")
+
+        cb = "/api/v1/client/coin/recharge/callback"
+        status, location, _ = request("GET", "/api/v1/client/coin/packages", plain=True)
+        expect("http:// redirects", (status, (location or "").startswith("https://")), (301, True))
+        status, _, data = request("POST", cb, b"x" * 65536, {"X-Forwarded-For": "101.226.103.9"})
+        expect("a 64 KiB notification reaches coinpay", status, 200)
+        if status == 200:
+            seen = json.loads(data)
+            expect("X-Forwarded-For is the client's address, not what it claims", seen["xff"], "127.0.0.1")
+            expect("X-Forwarded-Proto", seen["proto"], "https")
+        status, _, _ = request("POST", cb, b"x" * 65537)
+        expect("a body over coinpay's 64 KiB cap", status, 413)
+        for path in ("/metrics", "/api/v1/admin/orders", "/api/v1/internal/coin/consume", "/sandbox/x", "/readyz"):
+            status, _, _ = request("GET", path)
+            expect(f"{path} from the internet", status in (403, 404), True)
+        status, _, _ = request("GET", "/healthz")
+        expect("/healthz", status, 200)
+    finally:
+        nginx.terminate()
+        try:
+            nginx.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            nginx.kill()
+            nginx.wait()
+        echo.shutdown()
+    if problems:
+        fail(problems)
+    print("ok: nginx serving the site: HTTP -> HTTPS, 64 KiB passes and 64 KiB + 1 gets 413, "
+          "X-Forwarded-For replaced by the client address, /metrics /admin /internal /readyz not public")
+
+
 if __name__ == "__main__":
-    cmds = {"compose": compose, "grafana": grafana, "dockerfile": dockerfile, "limits": limits}
+    cmds = {"compose": compose, "grafana": grafana, "dockerfile": dockerfile, "limits": limits,
+            "nginx-run": nginx_run}
     if len(sys.argv) != 3 or sys.argv[1] not in cmds:
         sys.exit(__doc__)
     cmds[sys.argv[1]](sys.argv[2])
