@@ -33,6 +33,7 @@ use coinpay::order::state::{Effect, OrderStatus};
 use coinpay::sandbox::SandboxConfig;
 use coinpay::store::orders::{self, NewOrder, OrderFilter, OrderRow};
 use coinpay::store::{DbPool, ledger, packages, users};
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -913,7 +914,12 @@ async fn pending_orders(pool: &DbPool, users: &[i64], n: usize, tag: &str) -> Re
 fn notification(order: &OrderRow, txn: &str) -> Vec<u8> {
     let c = SandboxConfig::default_credentials();
     let p = coinpay::sandbox::paid_notification_fields(&c, &order.order_no, txn, order.amount_fen);
-    let body = coinpay::wechat::notify::build_notification(&p, &c.api_key, c.sign_type, false);
+    let body = coinpay::wechat::notify::build_notification(
+        &p,
+        c.api_key.expose_secret(),
+        c.sign_type,
+        false,
+    );
     request("POST", CALLBACK, "text/xml", None, body.as_bytes())
 }
 
@@ -1058,9 +1064,10 @@ async fn run_backend(o: &Opts, mysql: Option<&str>) -> Res<Outcome> {
 async fn run_backend_on(o: &Opts, db: &BenchDb) -> Res<Outcome> {
     let backend = db.backend;
     let t0 = Instant::now();
-    coinpay::store::run_migrations(&db.url).await?;
-    let setup_pool = DbPool::connect(&db.url, 8).await?;
-    let check_pool = DbPool::connect(&db.url, 2).await?;
+    let url: coinpay::config::DbUrl = db.url.parse()?;
+    coinpay::store::run_migrations(&url).await?;
+    let setup_pool = DbPool::connect(&url, 8).await?;
+    let check_pool = DbPool::connect(&url, 2).await?;
     let tag = rand_suffix()[..4].to_uppercase();
 
     let want_dup = o.wants("notify-dup-live") || o.wants("notify-dup-cold");
@@ -1125,7 +1132,7 @@ async fn run_backend_on(o: &Opts, db: &BenchDb) -> Res<Outcome> {
     // db-baseline: the same pool type and size as the service's, before the service runs.
     if o.wants("db-baseline") {
         let l = o.load("db-baseline");
-        let pool = DbPool::connect(&db.url, o.db_pool_size).await?;
+        let pool = DbPool::connect(&url, o.db_pool_size).await?;
         let w = run_db(
             &pool,
             l.conc,

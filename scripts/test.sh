@@ -149,6 +149,10 @@ if ! bash "$SERVICES" install; then
   missing "could not install MariaDB/Redis (scripts/services.sh install failed)"
 fi
 say "install check: $(( $(now_ms) - t0 )) ms"
+# >>> browser for tests/console.rs (scripts/browser.sh: Debian's chromium + chromium-driver)
+if bash "$ROOT/scripts/browser.sh" install; then eval "$(bash "$ROOT/scripts/browser.sh" env)"
+else missing "could not install chromium/chromium-driver (scripts/browser.sh install failed)"; fi
+# <<< browser
 
 # ---------------------------------------------------------------------------------------------
 # 2. Python venv with wechatpy (reused between runs; rebuilt when missing, broken or outdated).

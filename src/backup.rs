@@ -22,6 +22,9 @@ use std::process::{Command, Stdio};
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, ExpressionMethods, QueryDsl, SqliteConnection};
 
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::DbUrl;
 use crate::store::{self, DbPool, StoreError};
 
 /// coinpay's tables, diesel's bookkeeping included (a restored copy then knows its schema).
@@ -100,21 +103,21 @@ pub enum Backup {
 
 /// Backs up DATABASE_URL's database to `to`; `print_only` (MySQL) prints the dump command.
 pub async fn backup(
-    database_url: &str,
+    database_url: &DbUrl,
     to: &Path,
     print_only: bool,
 ) -> Result<Backup, BackupError> {
     if to.exists() {
         return Err(BackupError::Exists(to.to_path_buf()));
     }
-    match database_url.strip_prefix("sqlite://") {
-        Some(_) if print_only => Err(BackupError::PrintOnlyMysql),
-        Some(path) => {
-            let (db, to) = (PathBuf::from(path), to.to_path_buf());
+    match database_url {
+        DbUrl::Sqlite(_) if print_only => Err(BackupError::PrintOnlyMysql),
+        DbUrl::Sqlite(path) => {
+            let (db, to) = (path.clone(), to.to_path_buf());
             blocking(move || sqlite_backup(&db, &to)).await
         }
-        None => {
-            let target = MysqlTarget::parse(database_url)?;
+        DbUrl::Mysql(url) => {
+            let target = MysqlTarget::parse(url.expose_secret())?;
             if print_only {
                 return Ok(Backup::Command(target.dump_command_line(to)));
             }
@@ -125,19 +128,19 @@ pub async fn backup(
 }
 
 /// Restores `from` into DATABASE_URL's (empty) database, then checks the ledger invariant.
-pub async fn restore(database_url: &str, from: &Path) -> Result<String, BackupError> {
+pub async fn restore(database_url: &DbUrl, from: &Path) -> Result<String, BackupError> {
     if !from.is_file() {
         return Err(BackupError::NoDatabase(from.to_path_buf()));
     }
     let from = from.to_path_buf();
-    match database_url.strip_prefix("sqlite://") {
-        Some(path) => {
-            let db = PathBuf::from(path);
+    match database_url {
+        DbUrl::Sqlite(path) => {
+            let db = path.clone();
             blocking(move || sqlite_restore(&from, &db)).await?;
         }
-        None => {
-            let target = MysqlTarget::parse(database_url)?;
-            if mysql_has_coinpay_tables(database_url).await? {
+        DbUrl::Mysql(url) => {
+            let target = MysqlTarget::parse(url.expose_secret())?;
+            if mysql_has_coinpay_tables(url.expose_secret()).await? {
                 return Err(BackupError::NotEmpty);
             }
             blocking(move || target.load(&from)).await?;
@@ -329,7 +332,7 @@ struct MysqlTarget {
     port: u16,
     user: String,
     /// Handed to the clients in MYSQL_PWD, never on their command line (visible in `ps`).
-    password: Option<String>,
+    password: Option<SecretString>,
     database: String,
 }
 
@@ -353,7 +356,7 @@ impl MysqlTarget {
             host: u.host_str().unwrap_or("localhost").to_string(),
             port: u.port().unwrap_or(3306),
             user: decode(u.username()),
-            password: u.password().map(decode),
+            password: u.password().map(|p| SecretString::from(decode(p))),
             database: decode(&database),
         })
     }
@@ -416,7 +419,7 @@ impl MysqlTarget {
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
             match &self.password {
-                Some(p) => cmd.env("MYSQL_PWD", p),
+                Some(p) => cmd.env("MYSQL_PWD", p.expose_secret()),
                 None => cmd.env_remove("MYSQL_PWD"),
             };
             let out = match cmd.output() {
@@ -535,7 +538,10 @@ mod tests {
         let t = MysqlTarget::parse("mysql://coin%40pay:p%40ss%20w@db.internal:3307/coinpay")
             .expect("url");
         assert_eq!(t.user, "coin@pay");
-        assert_eq!(t.password.as_deref(), Some("p@ss w"));
+        assert_eq!(
+            t.password.as_ref().map(|p| p.expose_secret()),
+            Some("p@ss w")
+        );
         let line = t.dump_command_line(Path::new("/backups/coinpay 1.sql"));
         assert!(
             line.starts_with("mysqldump -p --host=db.internal --port=3307"),

@@ -9,6 +9,7 @@ pub mod healthcheck;
 pub mod http;
 pub mod metrics;
 pub mod order;
+pub mod refund;
 pub mod sandbox;
 pub mod schema_sql;
 pub mod startup;

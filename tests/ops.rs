@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::future::join_all;
+use secrecy::ExposeSecret;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -517,8 +518,10 @@ fn carries<'a>(line: &'a Value, key: &str) -> Option<&'a Value> {
 fn sandbox_session_key(code: &str) -> String {
     use base64::Engine as _;
     use hmac::{KeyInit, Mac};
-    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(sandbox_creds().app_secret.as_bytes())
-        .expect("hmac key");
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(
+        sandbox_creds().app_secret.expose_secret().as_bytes(),
+    )
+    .expect("hmac key");
     m.update(format!("session_key:{code}").as_bytes());
     let key = m.finalize().into_bytes();
     base64::engine::general_purpose::STANDARD.encode(&key[..16])
@@ -603,8 +606,8 @@ async fn json_logs_carry_ids_and_no_secrets() {
     let signature = token.rsplit('.').next().unwrap_or_default().to_string();
     let session_key = sandbox_session_key(code);
     for (what, secret) in [
-        ("WECHAT_PAY_API_KEY", creds.api_key.as_str()),
-        ("WECHAT_APP_SECRET", creds.app_secret.as_str()),
+        ("WECHAT_PAY_API_KEY", creds.api_key.expose_secret()),
+        ("WECHAT_APP_SECRET", creds.app_secret.expose_secret()),
         ("JWT_SECRET", JWT_SECRET),
         ("the login token", token.as_str()),
         ("the login token's signature", signature.as_str()),

@@ -350,9 +350,11 @@ async fn someone_elses_order_is_404_and_auth_failures_are_401() {
         assert_eq!(app.get(&path, Some(&alice)).await.status, 200);
 
         let forged = coinpay::http::auth::JwtKeys::new(b"not-the-server-secret-0123456789", 3600)
-            .issue(bob_id, chrono::Utc::now().timestamp());
+            .and_then(|k| k.issue(bob_id, chrono::Utc::now().timestamp()))
+            .expect("forged token");
         let expired = coinpay::http::auth::JwtKeys::new(JWT_SECRET.as_bytes(), 60)
-            .issue(bob_id, chrono::Utc::now().timestamp() - 3600);
+            .and_then(|k| k.issue(bob_id, chrono::Utc::now().timestamp() - 3600))
+            .expect("expired token");
         for p in [
             "/api/v1/client/coin/balance",
             "/api/v1/client/coin/logs",

@@ -432,7 +432,7 @@ async fn mysql_connections_are_handed_out_in_arrival_order() {
     use diesel_async::SimpleAsyncConnection;
     let Some(url) = mysql_only() else { return };
     let db = TestDb::new(&Backend::Mysql(url)).await;
-    let pool = DbPool::connect(&db.url, 1).await.expect("pool");
+    let pool = DbPool::connect(&db.db_url(), 1).await.expect("pool");
     let DbPool::Mysql(p) = &pool else {
         panic!("a MySQL URL gives a MySQL pool")
     };

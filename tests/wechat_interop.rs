@@ -7,14 +7,14 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use coinpay::sandbox::{self, Sandbox, SandboxConfig};
 use coinpay::wechat::Params;
-use coinpay::wechat::client::WechatConfig;
+use coinpay::wechat::client::PayCredentials;
 use coinpay::wechat::notify::{self, build_notification};
 use coinpay::wechat::sign::{self, SignType};
 use coinpay::wechat::xml;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 const CHECK_PY: &str = concat!(
@@ -212,17 +212,11 @@ fn wechatpy_signs_rust_verifies() {
         tampered.insert("extra_field".into(), "1".into());
         assert!(sign::verify(&tampered, K1, *t).is_err());
         if *is_notify {
-            let cfg = WechatConfig {
+            let cfg = PayCredentials {
                 app_id: "wxd930ea5d5a258f4f".into(),
-                app_secret: String::new(),
                 mch_id: "10000100".into(),
                 api_key: K1.into(),
                 sign_type: other,
-                pay_api_base: String::new(),
-                api_base: String::new(),
-                notify_url: String::new(),
-                timeout: Duration::from_secs(1),
-                max_retries: 0,
             };
             let n = notify::parse(body.as_bytes(), &cfg).expect("wechatpy-signed notify");
             assert_eq!(n.sign_type, *t);
@@ -246,7 +240,7 @@ async fn wechatpy_client_against_sandbox() {
         base,
         cfg.app_id.clone(),
         cfg.mch_id.clone(),
-        cfg.api_key.clone(),
+        cfg.api_key.expose_secret().to_owned(),
         "oWechatpyInteropUser000000001".to_owned(),
     ];
     // Python blocks; the sandbox runs on its own worker threads meanwhile.

@@ -42,7 +42,7 @@ pub async fn payment_notification(
         .core()
         .wechat
         .as_ref()
-        .map(|c| c.config().clone())
+        .map(|c| c.credentials().clone())
     else {
         tracing::warn!(
             reason = "not_configured",

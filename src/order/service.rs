@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use secrecy::ExposeSecret;
+
 use super::actor::Command;
 use crate::error::AppError;
 use crate::http::AppState;
@@ -79,12 +81,12 @@ pub async fn create(
         .prepay_id
         .clone()
         .ok_or_else(|| AppError::Internal(format!("order {order_no} has no prepay_id")))?;
-    let cfg = wechat.config();
+    let creds = wechat.credentials();
     let params = pay_params::build(
-        &cfg.app_id,
+        &creds.app_id,
         &prepay_id,
-        &cfg.api_key,
-        cfg.sign_type,
+        creds.api_key.expose_secret(),
+        creds.sign_type,
         chrono::Utc::now().timestamp(),
         &sign::nonce(),
     );

@@ -5,6 +5,7 @@ use std::time::Duration;
 use actix_web::{HttpResponse, web};
 use chrono::NaiveDateTime;
 use rand::Rng;
+use secrecy::ExposeSecret;
 
 use super::Sandbox;
 use super::state::{SimOrder, SimTradeState};
@@ -164,7 +165,7 @@ impl Sandbox {
                 msg: "sign_type参数错误".into(),
             })?,
         };
-        let expected = sign::sign(&params, &cfg.api_key, sign_type);
+        let expected = sign::sign(&params, cfg.api_key.expose_secret(), sign_type);
         let got = params.get("sign").map(String::as_str).unwrap_or("");
         if !sign::constant_time_eq(expected.as_bytes(), got.as_bytes()) {
             return Err(Reply::CommFail {
@@ -423,7 +424,7 @@ impl Sandbox {
             }
         }
         f.insert("nonce_str".into(), sign::nonce());
-        let s = sign::sign(&f, &self.inner.cfg.api_key, v.sign_type);
+        let s = sign::sign(&f, self.inner.cfg.api_key.expose_secret(), v.sign_type);
         f.insert("sign".into(), s);
         xml::encode(&f)
     }

@@ -1,6 +1,7 @@
 //! `/simulate/*`: drive the simulated WeChat from tests (pay, faults, inspection).
 
 use actix_web::{HttpResponse, web};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -81,7 +82,12 @@ pub(super) async fn pay(
         // Each copy gets its own nonce, like notifications from different WeChat servers.
         let mut f = fields.clone();
         f.insert("nonce_str".into(), sign::nonce());
-        let xml = build_notification(&f, &cfg.api_key, sign_type, cfg.notify_sign_type_field);
+        let xml = build_notification(
+            &f,
+            cfg.api_key.expose_secret(),
+            sign_type,
+            cfg.notify_sign_type_field,
+        );
         notifier::spawn_chain(
             sb.get_ref().clone(),
             out_trade_no.clone(),

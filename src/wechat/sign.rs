@@ -5,6 +5,7 @@ use md5::{Digest, Md5};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use super::{Params, upper_hex};
 
@@ -117,13 +118,10 @@ pub fn verify(params: &Params, key: &str, configured: SignType) -> Result<SignTy
     }
 }
 
-/// Compares without an early exit on the first differing byte (length is not secret).
+/// Compares without an early exit on the first differing byte (length is not secret), through
+/// `subtle`, whose comparison the optimiser cannot turn back into an early exit.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
+    a.ct_eq(b).into()
 }
 
 /// 32 random characters from `[A-Za-z0-9]` (nonce_str / nonceStr are limited to 32).

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use coinpay::sandbox::SandboxConfig;
 use coinpay::store::DbPool;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef-XYZ";
@@ -110,11 +111,15 @@ impl TestDb {
         }
     }
 
+    pub fn db_url(&self) -> coinpay::config::DbUrl {
+        self.url.parse().expect("DATABASE_URL")
+    }
+
     pub async fn pool(&self) -> DbPool {
-        coinpay::store::run_migrations(&self.url)
+        coinpay::store::run_migrations(&self.db_url())
             .await
             .expect("migrate");
-        DbPool::connect(&self.url, 4).await.expect("pool")
+        DbPool::connect(&self.db_url(), 4).await.expect("pool")
     }
 
     /// Every balance equals its ledger sum, none is negative, no order is credited twice.
@@ -430,7 +435,8 @@ pub fn notification(
     let c = sandbox_creds();
     let mut p = coinpay::sandbox::paid_notification_fields(&c, order_no, txn, total_fee);
     tweak(&mut p);
-    coinpay::wechat::notify::build_notification(&p, &c.api_key, c.sign_type, false).into_bytes()
+    coinpay::wechat::notify::build_notification(&p, c.api_key.expose_secret(), c.sign_type, false)
+        .into_bytes()
 }
 
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
@@ -488,9 +494,9 @@ impl AppBuilder {
         self.args(&["serve"])
             .env("BIND_ADDR", &format!("127.0.0.1:{port}"))
             .env("WECHAT_APP_ID", &c.app_id)
-            .env("WECHAT_APP_SECRET", &c.app_secret)
+            .env("WECHAT_APP_SECRET", c.app_secret.expose_secret())
             .env("WECHAT_PAY_MCH_ID", &c.mch_id)
-            .env("WECHAT_PAY_API_KEY", &c.api_key)
+            .env("WECHAT_PAY_API_KEY", c.api_key.expose_secret())
             .env(
                 "WECHAT_PAY_NOTIFY_URL",
                 &format!("http://127.0.0.1:{port}/api/v1/client/coin/recharge/callback"),
