@@ -11,6 +11,7 @@ mod harness;
 mod helpers;
 
 mod console;
+mod deploy_backup;
 mod foundation;
 mod ops;
 mod payments;
