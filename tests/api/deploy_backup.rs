@@ -156,7 +156,7 @@ async fn backup_during_a_notification_storm_restores_every_acknowledged_payment(
     assert_eq!(code, 0, "restore failed:\n{out}\n{err}");
     assert!(out.contains("the ledger invariant holds"), "{out}");
     fresh.assert_invariants().await;
-    let restored = common::app(&fresh).spawn();
+    let restored = crate::helpers::app(&fresh).spawn();
     let mut paid_per_user = vec![0_i64; USERS];
     for (i, o) in orders.iter().enumerate() {
         let v = restored.order(&tokens[o.user], &o.no).await;
@@ -331,7 +331,7 @@ async fn mysql_backup_and_restore_through_the_mariadb_clients() {
     assert!(out.contains("5 paid orders"), "{out}");
     fresh.assert_invariants().await;
     drop(app);
-    let restored = common::app(&fresh).spawn();
+    let restored = crate::helpers::app(&fresh).spawn();
     assert_eq!(restored.balance(&token).await, 5 * COINS);
     for no in &nos {
         assert_eq!(restored.order(&token, no).await["status"], "paid");
