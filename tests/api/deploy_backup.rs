@@ -157,7 +157,7 @@ async fn backup_during_a_notification_storm_restores_every_acknowledged_payment(
     assert!(out.contains("the ledger invariant holds"), "{out}");
     fresh.assert_invariants().await;
     let restored = crate::helpers::app(&fresh).spawn();
-    let mut paid_per_user = vec![0_i64; USERS];
+    let mut paid_per_user = [0_i64; USERS];
     for (i, o) in orders.iter().enumerate() {
         let v = restored.order(&tokens[o.user], &o.no).await;
         let paid = v["status"] == "paid";
