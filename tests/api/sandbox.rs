@@ -16,6 +16,8 @@ use coinpay::wechat::sign::SignType;
 use coinpay::wechat::xml;
 use secrecy::ExposeSecret;
 
+use crate::helpers::post_endpoint;
+
 /// The pay client's configuration for the simulator's merchant at `base`.
 fn pay_config(c: &SandboxConfig, base: &str, notify_url: &str) -> WechatConfig {
     WechatConfig {
@@ -178,56 +180,37 @@ impl Receiver {
     async fn start(cfg: WechatConfig, fail_first: usize, slow_first: Duration) -> Receiver {
         let state = Arc::new(Mutex::new(Received::default()));
         let st = state.clone();
-        let server = HttpServer::new(move || {
+        let (url, handle) = post_endpoint("/notify", move |body: web::Bytes| {
             let st = st.clone();
             let cfg = cfg.clone();
-            App::new().route(
-                "/notify",
-                web::post().to(move |body: web::Bytes| {
-                    let st = st.clone();
-                    let cfg = cfg.clone();
-                    async move {
-                        let call = {
-                            let mut s = st.lock().expect("lock");
-                            s.calls += 1;
-                            s.calls
-                        };
-                        if call == 1 && !slow_first.is_zero() {
-                            actix_rt::time::sleep(slow_first).await;
+            async move {
+                let call = {
+                    let mut s = st.lock().expect("lock");
+                    s.calls += 1;
+                    s.calls
+                };
+                if call == 1 && !slow_first.is_zero() {
+                    actix_rt::time::sleep(slow_first).await;
+                }
+                let reply = match notify::parse(&body, &cfg.credentials) {
+                    Ok(n) => {
+                        let mut s = st.lock().expect("lock");
+                        s.valid.push(n);
+                        if s.valid.len() <= fail_first {
+                            xml::fail_reply("busy")
+                        } else {
+                            xml::SUCCESS_REPLY.to_owned()
                         }
-                        let reply = match notify::parse(&body, &cfg.credentials) {
-                            Ok(n) => {
-                                let mut s = st.lock().expect("lock");
-                                s.valid.push(n);
-                                if s.valid.len() <= fail_first {
-                                    xml::fail_reply("busy")
-                                } else {
-                                    xml::SUCCESS_REPLY.to_owned()
-                                }
-                            }
-                            Err(e) => {
-                                st.lock().expect("lock").invalid += 1;
-                                xml::fail_reply(e.reply_msg())
-                            }
-                        };
-                        HttpResponse::Ok().content_type("text/xml").body(reply)
                     }
-                }),
-            )
-        })
-        .workers(1)
-        .disable_signals()
-        .bind("127.0.0.1:0")
-        .expect("bind receiver");
-        let addr = server.addrs()[0];
-        let server = server.run();
-        let handle = server.handle();
-        actix_rt::spawn(server);
-        Receiver {
-            url: format!("http://{addr}/notify"),
-            state,
-            handle,
-        }
+                    Err(e) => {
+                        st.lock().expect("lock").invalid += 1;
+                        xml::fail_reply(e.reply_msg())
+                    }
+                };
+                HttpResponse::Ok().content_type("text/xml").body(reply)
+            }
+        });
+        Receiver { url, state, handle }
     }
 
     fn valid(&self) -> usize {

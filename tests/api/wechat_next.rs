@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{HttpResponse, web};
 use chrono::{NaiveDate, Utc};
 use coinpay::sandbox::{Sandbox, SandboxConfig, SandboxTls, serve_tls};
 use coinpay::wechat::bill::{BillDownload, BillError, BillRequest, BillTradeState};
@@ -22,6 +22,8 @@ use coinpay::wechat::tls::PayTls;
 use coinpay::wechat::xml;
 use rustls::pki_types::CertificateDer;
 use serde_json::{Value, json};
+
+use crate::helpers::post_endpoint;
 
 struct Sim {
     sb: Sandbox,
@@ -168,40 +170,21 @@ impl Receiver {
     async fn start(cfg: WechatConfig) -> Receiver {
         let got = Arc::new(Mutex::new(Vec::new()));
         let g = got.clone();
-        let server = HttpServer::new(move || {
+        let (url, handle) = post_endpoint("/refund/callback", move |body: web::Bytes| {
             let g = g.clone();
             let cfg = cfg.clone();
-            App::new().route(
-                "/refund/callback",
-                web::post().to(move |body: web::Bytes| {
-                    let g = g.clone();
-                    let cfg = cfg.clone();
-                    async move {
-                        let reply = match refund_notify::parse(&body, &cfg.credentials) {
-                            Ok(n) => {
-                                g.lock().expect("lock").push(n.info);
-                                xml::SUCCESS_REPLY.to_owned()
-                            }
-                            Err(e) => xml::fail_reply(e.reply_msg()),
-                        };
-                        HttpResponse::Ok().content_type("text/xml").body(reply)
+            async move {
+                let reply = match refund_notify::parse(&body, &cfg.credentials) {
+                    Ok(n) => {
+                        g.lock().expect("lock").push(n.info);
+                        xml::SUCCESS_REPLY.to_owned()
                     }
-                }),
-            )
-        })
-        .workers(1)
-        .disable_signals()
-        .bind("127.0.0.1:0")
-        .expect("bind receiver");
-        let addr = server.addrs()[0];
-        let server = server.run();
-        let handle = server.handle();
-        actix_rt::spawn(server);
-        Receiver {
-            url: format!("http://{addr}/refund/callback"),
-            got,
-            handle,
-        }
+                    Err(e) => xml::fail_reply(e.reply_msg()),
+                };
+                HttpResponse::Ok().content_type("text/xml").body(reply)
+            }
+        });
+        Receiver { url, got, handle }
     }
 
     fn got(&self) -> Vec<RefundNotifyInfo> {

@@ -6,12 +6,14 @@
 
 mod app;
 mod backends;
+mod endpoint;
 
 use std::time::{Duration, Instant};
 
 pub use app::{App, AppBuilder, Resp, app, client, free_port, run_cmd, send, standalone_sandbox};
 pub(crate) use backends::backend_test;
 pub use backends::{mysql, redis};
+pub use endpoint::post_endpoint;
 
 pub use crate::harness::lib_api::sandbox_credentials as sandbox_creds;
 pub use crate::harness::{
