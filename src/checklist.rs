@@ -3,7 +3,7 @@
 //! an optional item left at its default).
 
 use crate::config::{ConfigError, Settings};
-use crate::order::number::{redis_ping, redis_pool};
+use crate::redis::{redis_ping, redis_pool};
 use crate::store::{self, DbPool, packages};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

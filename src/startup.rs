@@ -13,10 +13,12 @@ use crate::config::{INCOMPLETE_PAY_WARNING, Settings, parse_cron};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::order::actor::OrderCore;
-use crate::order::number::{OrderNumbers, redis_pool};
+use crate::order::number::OrderNumbers;
 use crate::order::registry::OrderRegistry;
 use crate::order::sweeper::{self, SweepConfig, SweeperActor};
+use crate::redis::{RedisError, redis_pool};
 use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::service::orders::OrderService;
 use crate::store::{self, DbPool};
 use crate::wechat::client::{CallObserver, WechatClient, WechatConfig};
 
@@ -32,7 +34,7 @@ pub enum StartupError {
     #[error("database: {0}")]
     Store(#[from] store::StoreError),
     #[error("Redis: {0}")]
-    Redis(String),
+    Redis(#[from] RedisError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -145,7 +147,7 @@ impl Application {
         tracing::info!(applied, "migrations checked");
         let db = DbPool::connect(&settings.database_url, settings.db_pool_size).await?;
         let redis = match &settings.redis {
-            Some(r) => Some(redis_pool(&r.url()).map_err(StartupError::Redis)?),
+            Some(r) => Some(redis_pool(&r.url())?),
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
@@ -158,6 +160,7 @@ impl Application {
         };
         let client = WechatClient::new(wechat_config(&settings)).with_observer(observer);
         let pay = settings.wechat.pay_complete().then(|| client.clone());
+        let service_pay = pay.clone();
         let login = settings.wechat.login_complete().then_some(client);
 
         let settings = Arc::new(settings);
@@ -191,8 +194,14 @@ impl Application {
             settings: settings.clone(),
             db: db.clone(),
             redis,
-            registry: registry.clone(),
-            numbers,
+            orders: OrderService::new(
+                db.clone(),
+                registry.clone(),
+                numbers,
+                service_pay,
+                settings.order_expire_secs,
+                metrics.clone(),
+            ),
             login,
             metrics: metrics.clone(),
             jwt: http::auth::JwtKeys::new(&jwt_secret, settings.jwt_ttl_secs),

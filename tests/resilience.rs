@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coinpay::metrics::Metrics;
-use coinpay::order::number::{OrderNumbers, redis_pool};
+use coinpay::order::number::OrderNumbers;
+use coinpay::redis::redis_pool;
 use coinpay::store::orders::{self, OrderFilter};
 use common::*;
 use futures_util::future::join_all;

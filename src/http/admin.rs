@@ -10,7 +10,7 @@ use super::auth::AdminCaller;
 use super::internal::{MAX_REQUEST_ID, int_field, movement_reply, str_field};
 use super::views::{LedgerView, OrderView, PackageView, PageQuery};
 use crate::error::AppError;
-use crate::order::actor::{Command, Outcome};
+use crate::order::actor::Outcome;
 use crate::store::ledger::{self, KIND_ADJUST, Movement};
 use crate::store::orders::{self, OrderFilter};
 use crate::store::packages::{self, Package, PackageFields};
@@ -174,7 +174,7 @@ fn admin_order(row: &orders::OrderRow) -> Value {
 }
 
 #[derive(Deserialize)]
-struct OrderQuery {
+struct OrderListQuery {
     transaction_id: Option<String>,
     user_id: Option<i64>,
     status: Option<String>,
@@ -200,7 +200,7 @@ fn parse_time(field: &str, v: &str) -> Result<i64, AppError> {
 async fn list_orders(
     _a: AdminCaller,
     st: web::Data<AppState>,
-    q: web::Query<OrderQuery>,
+    q: web::Query<OrderListQuery>,
 ) -> Result<HttpResponse, AppError> {
     if let Some(txn) = &q.transaction_id {
         let row = orders::get_by_transaction(&st.db, txn)
@@ -242,14 +242,7 @@ async fn recheck_order(
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     let order_no = path.into_inner();
-    let row = orders::get(&st.db, &order_no)
-        .await?
-        .ok_or(AppError::NotFound("order"))?;
-    let due = crate::store::now_ms() >= row.expires_at;
-    let reply = st
-        .registry
-        .send(&order_no, Command::Check { may_expire: due }, false)
-        .await?;
+    let reply = st.orders.recheck(&order_no).await?;
     let outcome = match &reply.outcome {
         Outcome::Moved { to, late, .. } => json!({ "moved_to": to, "late": late }),
         Outcome::Stayed(s) => json!({ "stayed": format!("{s:?}") }),

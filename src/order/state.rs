@@ -174,14 +174,32 @@ pub enum Rejection {
     },
 }
 
+impl Rejection {
+    /// The `coinpay_payment_anomalies` kind of a refusal that leaves money WeChat took
+    /// uncredited (a human must look at it); `None` for a refused event that took no money.
+    pub fn anomaly(&self) -> Option<&'static str> {
+        match self {
+            Rejection::AmountMismatch { .. } => Some("amount_mismatch"),
+            Rejection::DoublePayment { .. } => Some("double_payment"),
+            Rejection::InvalidTransition { .. } => None,
+        }
+    }
+}
+
+/// A change of state, with what it writes besides the status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move {
+    pub to: OrderStatus,
+    pub effect: Effect,
+    /// A payment credited after the order had expired (or never reached pending).
+    pub late: bool,
+}
+
+/// What the rules say to do with one event. A `Move` is its own type so that whatever carries a
+/// committed move (the store's answer, the actor's outcome) can say which move it was.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    Move {
-        to: OrderStatus,
-        effect: Effect,
-        /// A payment credited after the order had expired (or never reached pending).
-        late: bool,
-    },
+    Move(Move),
     Ask(Ask),
     Stay(Stay),
     Refuse(Rejection),
@@ -204,20 +222,20 @@ impl OrderEvent {
 pub fn transition(f: &Facts<'_>, ev: &OrderEvent) -> Decision {
     use OrderStatus::*;
     match (f.status, ev) {
-        (Created, OrderEvent::PrepayObtained { prepay_id }) => Decision::Move {
+        (Created, OrderEvent::PrepayObtained { prepay_id }) => Decision::Move(Move {
             to: Pending,
             effect: Effect::StorePrepay {
                 prepay_id: prepay_id.clone(),
             },
             late: false,
-        },
-        (Created, OrderEvent::PrepayFailed { err_code }) => Decision::Move {
+        }),
+        (Created, OrderEvent::PrepayFailed { err_code }) => Decision::Move(Move {
             to: Failed,
             effect: Effect::StoreFailure {
                 err_code: err_code.clone(),
             },
             late: false,
-        },
+        }),
         (from, OrderEvent::PrepayObtained { .. } | OrderEvent::PrepayFailed { .. }) => {
             Decision::Refuse(Rejection::InvalidTransition {
                 from,
@@ -242,11 +260,11 @@ pub fn transition(f: &Facts<'_>, ev: &OrderEvent) -> Decision {
         ) => payment(f, transaction_id, *total_fee),
 
         (Pending, OrderEvent::Timeout) => Decision::Ask(Ask::OrderQuery),
-        (Created, OrderEvent::Timeout) => Decision::Move {
+        (Created, OrderEvent::Timeout) => Decision::Move(Move {
             to: Expired,
             effect: Effect::Expire,
             late: false,
-        },
+        }),
         (Paid | Expired | Failed, OrderEvent::Timeout) => Decision::Stay(Stay::NoOp),
 
         (
@@ -269,11 +287,11 @@ pub fn transition(f: &Facts<'_>, ev: &OrderEvent) -> Decision {
                 Decision::Stay(Stay::NotDue)
             }
         }
-        (Pending, OrderEvent::Closed) => Decision::Move {
+        (Pending, OrderEvent::Closed) => Decision::Move(Move {
             to: Expired,
             effect: Effect::Expire,
             late: false,
-        },
+        }),
         (_, OrderEvent::Queried { .. } | OrderEvent::Closed) => Decision::Stay(Stay::NoOp),
     }
 }
@@ -295,13 +313,13 @@ fn payment(f: &Facts<'_>, transaction_id: &str, total_fee: i64) -> Decision {
             got: total_fee,
         });
     }
-    Decision::Move {
+    Decision::Move(Move {
         to: OrderStatus::Paid,
         effect: Effect::Credit {
             transaction_id: transaction_id.to_string(),
         },
         late: f.status != OrderStatus::Pending,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -332,13 +350,13 @@ mod tests {
         }
     }
     fn credit(txn: &str, late: bool) -> Decision {
-        Decision::Move {
+        Decision::Move(Move {
             to: Paid,
             effect: Effect::Credit {
                 transaction_id: txn.into(),
             },
             late,
-        }
+        })
     }
     fn invalid(from: OrderStatus, event: &'static str) -> Decision {
         Decision::Refuse(Rejection::InvalidTransition { from, event })
@@ -349,11 +367,11 @@ mod tests {
             got,
         })
     }
-    const EXPIRE: Decision = Decision::Move {
+    const EXPIRE: Decision = Decision::Move(Move {
         to: Expired,
         effect: Effect::Expire,
         late: false,
-    };
+    });
 
     /// Every event kind, with the variants that matter to the rules.
     fn events() -> Vec<OrderEvent> {
@@ -384,20 +402,20 @@ mod tests {
 
     /// The whole table, one expected decision per (state, event) pair, refusals included.
     fn expected(status: OrderStatus, i: usize) -> Decision {
-        let prepay = Decision::Move {
+        let prepay = Decision::Move(Move {
             to: Pending,
             effect: Effect::StorePrepay {
                 prepay_id: "wx1".into(),
             },
             late: false,
-        };
-        let failed = Decision::Move {
+        });
+        let failed = Decision::Move(Move {
             to: Failed,
             effect: Effect::StoreFailure {
                 err_code: "NOAUTH".into(),
             },
             late: false,
-        };
+        });
         let late = status != Pending;
         let double = Decision::Refuse(Rejection::DoublePayment {
             existing: "T1".into(),

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::schema::{compute_logs as l, recharge_orders as o, users as u};
 use super::{DbPool, StoreError, now_ms};
-use crate::order::state::{Effect, OrderStatus};
+use crate::order::state::{Decision, Effect, Move, OrderStatus};
 use crate::{with_read, with_write};
 
 #[derive(Queryable, Selectable, Serialize, Clone, Debug, PartialEq, Eq)]
@@ -292,55 +292,54 @@ async fn mysql_apply(
     .await
 }
 
-/// What a caller decides on a row it has just loaded (`T`, its own account of the decision),
-/// and the move to make, if any.
-pub type Plan<T> = (T, Option<(OrderStatus, Effect)>);
-
-/// A row loaded by [`load_and_apply`], the caller's decision, and what became of the move.
-pub struct Loaded<T> {
-    pub row: OrderRow,
-    pub decided: T,
-    pub moved: Moved,
-}
-
-/// What became of a planned move.
-pub enum Moved {
-    NotPlanned,
-    /// The compare-and-set matched no row: it moved on meanwhile.
+/// What [`load_and_apply`] made of the decision taken on the row it loaded.
+pub enum Decided {
+    /// The decision moves nothing (it stays, refuses or asks WeChat first): nothing was
+    /// written, and the decision comes back with the row it was taken on.
+    Unwritten { row: OrderRow, decision: Decision },
+    /// The move is committed: the status it was decided in, the move, and the row as it is now.
+    Written {
+        from: OrderStatus,
+        step: Move,
+        row: OrderRow,
+    },
+    /// The compare-and-set matched no row: the order moved on between the load and the write,
+    /// so the decision no longer holds and must be taken again on a fresh row.
     Lost,
-    /// Committed; the row as it is now.
-    Made(Box<OrderRow>),
 }
 
-impl Moved {
-    fn from_cas(moved: bool, next: OrderRow) -> Moved {
+impl Decided {
+    fn from_cas(moved: bool, before: &OrderRow, step: Move, next: OrderRow) -> Decided {
         if moved {
-            Moved::Made(Box::new(next))
+            Decided::Written {
+                from: before.status(),
+                step,
+                row: next,
+            }
         } else {
-            Moved::Lost
+            Decided::Lost
         }
     }
 }
 
-/// Loads an order and applies the move `plan` decides on from it, as one unit of work: on one
-/// connection checkout (MySQL), in one turn of the writer and one blocking call (SQLite).
-/// An order met for the first time by a notification is read and credited without a second
-/// checkout or thread hand-over. `Ok(None)`: no such order.
-pub async fn load_and_apply<T, F>(
+/// Loads an order, decides on it with `decide`, and applies the decision when it is a move, as
+/// one unit of work: on one connection checkout (MySQL), in one turn of the writer and one
+/// blocking call (SQLite). An order met for the first time by a notification is thus read and
+/// credited without a second checkout or thread hand-over. `Ok(None)`: no such order.
+pub async fn load_and_apply<F>(
     pool: &DbPool,
     order_no: &str,
-    plan: F,
-) -> Result<Option<Loaded<T>>, StoreError>
+    decide: F,
+) -> Result<Option<Decided>, StoreError>
 where
-    T: Send + 'static,
-    F: FnOnce(&OrderRow) -> Plan<T> + Send + 'static,
+    F: FnOnce(&OrderRow) -> Decision + Send + 'static,
 {
     let now = now_ms();
     match pool {
         DbPool::Sqlite { writer, .. } => {
             let order_no = order_no.to_string();
             Ok(writer
-                .run(move |c| blocking::load_and_apply(c, &order_no, plan, now))
+                .run(move |c| blocking::load_and_apply(c, &order_no, decide, now))
                 .await??)
         }
         DbPool::Mysql(p) => {
@@ -365,19 +364,13 @@ where
                 }
             };
             let Some(row) = row else { return Ok(None) };
-            let (decided, step) = plan(&row);
-            let moved = match step {
-                None => Moved::NotPlanned,
-                Some((to, effect)) => {
-                    let (next, credit) = next_row(&row, to, &effect, now);
+            Ok(Some(match decide(&row) {
+                Decision::Move(step) => {
+                    let (next, credit) = next_row(&row, step.to, &step.effect, now);
                     let moved = mysql_apply(&mut c, &row, &next, credit.as_deref(), now).await?;
-                    Moved::from_cas(moved, next)
+                    Decided::from_cas(moved, &row, step, next)
                 }
-            };
-            Ok(Some(Loaded {
-                row,
-                decided,
-                moved,
+                decision => Decided::Unwritten { row, decision },
             }))
         }
     }
@@ -389,15 +382,15 @@ mod blocking {
     use diesel::prelude::*;
     use diesel::sqlite::SqliteConnection;
 
-    use super::{Loaded, Moved, OrderRow};
+    use super::{Decided, Decision, OrderRow};
     use crate::store::schema::{compute_logs as l, recharge_orders as o, users as u};
 
-    pub(super) fn load_and_apply<T>(
+    pub(super) fn load_and_apply(
         c: &mut SqliteConnection,
         order_no: &str,
-        plan: impl FnOnce(&OrderRow) -> super::Plan<T>,
+        decide: impl FnOnce(&OrderRow) -> Decision,
         now: i64,
-    ) -> QueryResult<Option<Loaded<T>>> {
+    ) -> QueryResult<Option<Decided>> {
         let Some(row) = o::table
             .filter(o::order_no.eq(order_no))
             .select(OrderRow::as_select())
@@ -406,18 +399,13 @@ mod blocking {
         else {
             return Ok(None);
         };
-        let (decided, step) = plan(&row);
-        let moved = match step {
-            None => Moved::NotPlanned,
-            Some((to, effect)) => {
-                let (next, credit) = super::next_row(&row, to, &effect, now);
-                Moved::from_cas(apply(c, &row, &next, credit.as_deref(), now)?, next)
+        Ok(Some(match decide(&row) {
+            Decision::Move(step) => {
+                let (next, credit) = super::next_row(&row, step.to, &step.effect, now);
+                let moved = apply(c, &row, &next, credit.as_deref(), now)?;
+                Decided::from_cas(moved, &row, step, next)
             }
-        };
-        Ok(Some(Loaded {
-            row,
-            decided,
-            moved,
+            decision => Decided::Unwritten { row, decision },
         }))
     }
 
