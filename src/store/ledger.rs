@@ -7,23 +7,60 @@ use serde::Serialize;
 
 use super::schema::{compute_logs as l, users as u};
 use super::{DbPool, StoreError, now_ms};
+use crate::money::{Coins, Fen};
 use crate::{with_read, with_write};
 
-pub const KIND_RECHARGE: &str = "recharge";
-pub const KIND_CONSUME: &str = "consume";
-pub const KIND_ADJUST: &str = "adjust";
+/// Why a balance changed: a payment credited, coins spent by our compute service, or an
+/// operator's adjustment. Stored as its lowercase name (see `store::columns`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LedgerKind {
+    Recharge,
+    Consume,
+    Adjust,
+}
+
+impl LedgerKind {
+    pub const ALL: [LedgerKind; 3] = [
+        LedgerKind::Recharge,
+        LedgerKind::Consume,
+        LedgerKind::Adjust,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerKind::Recharge => "recharge",
+            LedgerKind::Consume => "consume",
+            LedgerKind::Adjust => "adjust",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown ledger kind {0:?}")]
+pub struct UnknownKind(pub String);
+
+impl std::str::FromStr for LedgerKind {
+    type Err = UnknownKind;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        LedgerKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownKind(s.to_string()))
+    }
+}
 
 #[derive(Queryable, Selectable, Serialize, Clone, Debug, PartialEq, Eq)]
 #[diesel(table_name = l, check_for_backend(diesel::mysql::Mysql, diesel::sqlite::Sqlite))]
 pub struct LedgerRow {
     pub id: i64,
     pub user_id: i64,
-    pub kind: String,
-    pub delta: i64,
-    pub balance_after: i64,
+    pub kind: LedgerKind,
+    pub delta: Coins,
+    pub balance_after: Coins,
     pub order_no: Option<String>,
     pub transaction_id: Option<String>,
-    pub amount_fen: Option<i64>,
+    pub amount_fen: Option<Fen>,
     pub request_id: Option<String>,
     pub reason: Option<String>,
     pub created_at: i64,
@@ -56,7 +93,7 @@ pub async fn list_for_user(
 
 pub async fn by_request(
     pool: &DbPool,
-    kind: &str,
+    kind: LedgerKind,
     request_id: &str,
 ) -> Result<Option<LedgerRow>, StoreError> {
     Ok(with_read!(pool, conn => l::table
@@ -71,9 +108,9 @@ pub async fn by_request(
 /// A balance change asked for by another service (consume) or an operator (adjust).
 #[derive(Clone, Debug)]
 pub struct Movement<'a> {
-    pub kind: &'static str,
+    pub kind: LedgerKind,
     pub user_id: i64,
-    pub delta: i64,
+    pub delta: Coins,
     pub request_id: &'a str,
     pub reason: &'a str,
 }
@@ -86,7 +123,7 @@ pub enum MoveOutcome {
     /// The request_id was used for another user or amount.
     RequestIdConflict(LedgerRow),
     Insufficient {
-        balance: i64,
+        balance: Coins,
     },
     UnknownUser,
 }
@@ -104,7 +141,7 @@ pub async fn apply_movement(pool: &DbPool, m: &Movement<'_>) -> Result<MoveOutco
             .execute(conn)
             .await?;
         if n == 0 {
-            let balance: Option<i64> = u::table
+            let balance: Option<Coins> = u::table
                 .find(m.user_id)
                 .select(u::balance)
                 .first(conn)
@@ -115,7 +152,7 @@ pub async fn apply_movement(pool: &DbPool, m: &Movement<'_>) -> Result<MoveOutco
                 None => MoveOutcome::UnknownUser,
             }));
         }
-        let balance_after: i64 = u::table.find(m.user_id).select(u::balance).first(conn).await?;
+        let balance_after: Coins = u::table.find(m.user_id).select(u::balance).first(conn).await?;
         diesel::insert_into(l::table)
             .values((
                 l::user_id.eq(m.user_id),
@@ -166,7 +203,7 @@ pub async fn invariant_violations(pool: &DbPool) -> Result<Vec<String>, StoreErr
             .await?;
         let balances: Vec<(i64, i64)> = u::table.select((u::id, u::balance)).load(conn).await?;
         let dups: Vec<(Option<String>, i64)> = l::table
-            .filter(l::kind.eq(KIND_RECHARGE))
+            .filter(l::kind.eq(LedgerKind::Recharge))
             .group_by(l::order_no)
             .having(diesel::dsl::count_star().gt(1))
             .select((l::order_no, diesel::dsl::count_star()))

@@ -2,6 +2,7 @@
 //! by DATABASE_URL. Every query is written once; `with_read!`/`with_write!` type-check it for
 //! each backend. The database is the source of truth for every order and every coin.
 
+pub mod columns;
 pub mod leases;
 pub mod ledger;
 pub mod orders;

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::schema::{compute_logs as l, recharge_orders as o, users as u};
 use super::{DbPool, StoreError, now_ms};
+use crate::money::{Coins, Fen};
 use crate::order::state::{Decision, Effect, Move, OrderStatus};
 use crate::{with_read, with_write};
 
@@ -17,10 +18,10 @@ pub struct OrderRow {
     pub order_no: String,
     pub user_id: i64,
     pub package_id: i64,
-    pub amount_fen: i64,
-    pub coins: i64,
-    pub bonus_coins: i64,
-    pub status: String,
+    pub amount_fen: Fen,
+    pub coins: Coins,
+    pub bonus_coins: Coins,
+    pub status: OrderStatus,
     pub version: i64,
     pub prepay_id: Option<String>,
     pub transaction_id: Option<String>,
@@ -32,11 +33,8 @@ pub struct OrderRow {
 }
 
 impl OrderRow {
-    pub fn status(&self) -> OrderStatus {
-        // Only this module writes the column, always from OrderStatus::as_str.
-        self.status.parse().unwrap_or(OrderStatus::Failed)
-    }
-    pub fn credit(&self) -> i64 {
+    /// The coins a payment of this order credits: the package's coins and its bonus.
+    pub fn credit(&self) -> Coins {
         self.coins + self.bonus_coins
     }
 }
@@ -45,9 +43,9 @@ pub struct NewOrder<'a> {
     pub order_no: &'a str,
     pub user_id: i64,
     pub package_id: i64,
-    pub amount_fen: i64,
-    pub coins: i64,
-    pub bonus_coins: i64,
+    pub amount_fen: Fen,
+    pub coins: Coins,
+    pub bonus_coins: Coins,
     pub created_at: i64,
     pub expires_at: i64,
 }
@@ -61,7 +59,7 @@ pub async fn insert(pool: &DbPool, n: &NewOrder<'_>) -> Result<(), StoreError> {
             o::amount_fen.eq(n.amount_fen),
             o::coins.eq(n.coins),
             o::bonus_coins.eq(n.bonus_coins),
-            o::status.eq(OrderStatus::Created.as_str()),
+            o::status.eq(OrderStatus::Created),
             o::version.eq(0),
             o::created_at.eq(n.created_at),
             o::expires_at.eq(n.expires_at),
@@ -117,7 +115,7 @@ pub async fn list(
                 q = q.filter(o::user_id.eq(uid));
             }
             if let Some(s) = f.status {
-                q = q.filter(o::status.eq(s.as_str()));
+                q = q.filter(o::status.eq(s));
             }
             if let Some(t) = f.created_from {
                 q = q.filter(o::created_at.ge(t));
@@ -143,7 +141,7 @@ pub async fn list(
 
 /// Unpaid orders past their expiry, oldest first.
 pub async fn overdue(pool: &DbPool, now: i64, limit: i64) -> Result<Vec<String>, StoreError> {
-    let open = [OrderStatus::Created.as_str(), OrderStatus::Pending.as_str()];
+    let open = [OrderStatus::Created, OrderStatus::Pending];
     Ok(with_read!(pool, conn => o::table
         .filter(o::status.eq_any(open))
         .filter(o::expires_at.le(now))
@@ -157,7 +155,7 @@ pub async fn overdue(pool: &DbPool, now: i64, limit: i64) -> Result<Vec<String>,
 /// (number of pending orders, created_at of the oldest).
 pub async fn pending_stats(pool: &DbPool) -> Result<(i64, Option<i64>), StoreError> {
     Ok(with_read!(pool, conn => o::table
-        .filter(o::status.eq(OrderStatus::Pending.as_str()))
+        .filter(o::status.eq(OrderStatus::Pending))
         .select((diesel::dsl::count_star(), diesel::dsl::min(o::created_at)))
         .first(conn)
         .await?))
@@ -202,7 +200,7 @@ macro_rules! transition_statements {
                 diesel::insert_into(l::table)
                     .values((
                         l::user_id.eq(row.user_id),
-                        l::kind.eq(crate::store::ledger::KIND_RECHARGE),
+                        l::kind.eq(crate::store::ledger::LedgerKind::Recharge),
                         l::delta.eq(credit),
                         l::balance_after.eq(balance_after),
                         l::order_no.eq(&row.order_no),
@@ -227,7 +225,7 @@ fn next_row(
     now: i64,
 ) -> (OrderRow, Option<String>) {
     let mut next = row.clone();
-    next.status = to.as_str().to_string();
+    next.status = to;
     next.version = row.version + 1;
     next.updated_at = now;
     let credit_txn = match effect {
@@ -312,7 +310,7 @@ impl Decided {
     fn from_cas(moved: bool, before: &OrderRow, step: Move, next: OrderRow) -> Decided {
         if moved {
             Decided::Written {
-                from: before.status(),
+                from: before.status,
                 step,
                 row: next,
             }

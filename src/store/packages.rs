@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::schema::recharge_packages as p;
 use super::{DbPool, StoreError, now_ms};
+use crate::money::{Coins, Fen};
 use crate::{with_read, with_write};
 
 #[derive(Queryable, Selectable, Serialize, Clone, Debug)]
@@ -13,9 +14,9 @@ use crate::{with_read, with_write};
 pub struct Package {
     pub id: i64,
     pub name: String,
-    pub coins: i64,
-    pub bonus_coins: i64,
-    pub price_fen: i64,
+    pub coins: Coins,
+    pub bonus_coins: Coins,
+    pub price_fen: Fen,
     pub sort_order: i32,
     pub active: bool,
     pub created_at: i64,
@@ -26,9 +27,9 @@ pub struct Package {
 #[derive(Clone, Debug)]
 pub struct PackageFields {
     pub name: String,
-    pub coins: i64,
-    pub bonus_coins: i64,
-    pub price_fen: i64,
+    pub coins: Coins,
+    pub bonus_coins: Coins,
+    pub price_fen: Fen,
     pub sort_order: i32,
     pub active: bool,
 }

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::schema::users as u;
 use super::{DbPool, StoreError, now_ms};
+use crate::money::Coins;
 use crate::{with_read, with_write};
 
 #[derive(Queryable, Selectable, Serialize, Clone, Debug)]
@@ -14,7 +15,7 @@ pub struct User {
     pub id: i64,
     pub openid: String,
     pub unionid: Option<String>,
-    pub balance: i64,
+    pub balance: Coins,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -52,7 +53,7 @@ pub async fn upsert_by_openid(
         .values((
             u::openid.eq(openid),
             u::unionid.eq(unionid),
-            u::balance.eq(0),
+            u::balance.eq(Coins(0)),
             u::created_at.eq(now),
             u::updated_at.eq(now),
         ))
@@ -67,7 +68,7 @@ pub async fn upsert_by_openid(
 }
 
 /// (user id, balance) of every user: for invariant checks and the admin API.
-pub async fn balances(pool: &DbPool) -> Result<Vec<(i64, i64)>, StoreError> {
+pub async fn balances(pool: &DbPool) -> Result<Vec<(i64, Coins)>, StoreError> {
     Ok(with_read!(pool, conn => u::table
         .select((u::id, u::balance))
         .order(u::id.asc())
