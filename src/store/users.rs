@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::schema::users as u;
 use super::{DbPool, StoreError, now_ms};
 use crate::money::Coins;
-use crate::{with_read, with_write};
+use crate::with_read;
 
 #[derive(Queryable, Selectable, Serialize, Clone, Debug)]
 #[diesel(table_name = u, check_for_backend(diesel::mysql::Mysql, diesel::sqlite::Sqlite))]
@@ -49,17 +49,14 @@ pub async fn upsert_by_openid(
         return Ok(user);
     }
     let now = now_ms();
-    let inserted = with_write!(pool, conn => diesel::insert_into(u::table)
-        .values((
-            u::openid.eq(openid),
-            u::unionid.eq(unionid),
-            u::balance.eq(Coins(0)),
-            u::created_at.eq(now),
-            u::updated_at.eq(now),
-        ))
-        .execute(conn)
-        .await);
-    match inserted.map_err(StoreError::from) {
+    let insert = diesel::insert_into(u::table).values((
+        u::openid.eq(openid.to_string()),
+        u::unionid.eq(unionid.map(str::to_string)),
+        u::balance.eq(Coins(0)),
+        u::created_at.eq(now),
+        u::updated_at.eq(now),
+    ));
+    match super::execute(pool, insert).await {
         Ok(_) => {}
         Err(e) if e.is_unique_violation() => {}
         Err(e) => return Err(e),
