@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 use coinpay::metrics::Metrics;
-use coinpay::order::number::{OrderNumbers, redis_pool};
+use coinpay::order::number::OrderNumbers;
+use coinpay::redis::redis_pool;
 use coinpay::store::orders::{self, OrderFilter};
 use futures_util::future::join_all;
 
