@@ -39,6 +39,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 SERVICES=$ROOT/scripts/services.sh
+SAY_TAG=test.sh
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 CARGO_CMD=${COINPAY_TEST_CARGO:-cargo}
 PYENV_DIR=$ROOT/target/pyenv
 PY_REQS=(wechatpy==1.8.18 cryptography)
@@ -51,8 +54,6 @@ if [[ ${CI:-} == true || ${COINPAY_REQUIRE_SERVICES:-} == 1 ]]; then STRICT=1; f
 if ((STRICT)); then export COINPAY_REQUIRE_SERVICES=1; fi
 if [[ ${CI:-} == true ]]; then export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}; fi
 
-say() { printf '[test.sh %s] %s\n' "$(date +%T)" "$*" >&2; }
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 warn_loud() {
   {
     echo
@@ -71,12 +72,6 @@ missing() {
   fi
   warn_loud "$*"
 }
-alive() { # not a zombie (PID 1 here reaps orphans late)
-  local stat
-  [[ ${1:-} =~ ^[0-9]+$ ]] && stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [[ ${stat:0:1} != Z && ${stat:0:1} != X ]]
-}
 
 # ---------------------------------------------------------------------------------------------
 # Cleanup: always stop this run's servers and remove its temp dir.
@@ -85,10 +80,7 @@ CARGO_RC=
 CARGO_STARTED=0
 # shellcheck disable=SC2317  # (called through the trap)
 cleanup() {
-  local rc=$?
-  trap - EXIT
-  trap '' INT TERM HUP          # a second Ctrl-C must not interrupt the shutdown
-  set +e
+  local rc=$1
   if [[ -n $SVC_DIR && -d $SVC_DIR ]]; then
     if [[ ${COINPAY_KEEP_SVC:-} == 1 ]]; then
       say "COINPAY_KEEP_SVC=1: leaving the servers running in $SVC_DIR (stop: SVC_DIR=$SVC_DIR $SERVICES clean)"
@@ -125,12 +117,8 @@ cleanup() {
   elif [[ $rc != 0 ]]; then
     say "FAILED (exit $rc) before cargo test ran"
   fi
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+on_exit cleanup
 
 # Servers of earlier runs that were killed hard (kill -9 of this script): their owner is gone.
 for d in "$TMP_BASE"/coinpay-test.*; do
@@ -209,23 +197,6 @@ say "venv check: $(( $(now_ms) - t0 )) ms"
 
 # ---------------------------------------------------------------------------------------------
 # 3. Start the servers in a fresh temp dir on free loopback ports.
-# port_free PORT -> exit 0 if 127.0.0.1:PORT can be bound; random_port -> a currently free port.
-port_free() {
-  python3 - "$1" <<'PY'
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-try:
-    s.bind(("127.0.0.1", int(sys.argv[1])))
-except OSError:
-    sys.exit(1)
-finally:
-    s.close()
-PY
-}
-random_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
 pick_port() { # preferred
   if port_free "$1"; then echo "$1"; else random_port; fi
 }
@@ -246,9 +217,7 @@ start_svc() {
 MYSQL_OK=0
 REDIS_OK=0
 if ((SERVICES_OK)); then
-  SVC_DIR=$(mktemp -d "$TMP_BASE/coinpay-test.XXXXXX")
-  echo $$ >"$SVC_DIR/owner.pid"
-  touch "$SVC_DIR/.coinpay-svc"
+  make_svc_dir coinpay-test
   MY_PORT=${MY_PORT:-$(pick_port 13306)}
   REDIS_PORT=${REDIS_PORT:-$(pick_port 16379)}
   [[ $REDIS_PORT != "$MY_PORT" ]] || REDIS_PORT=$(random_port)

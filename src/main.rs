@@ -63,6 +63,12 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8090")]
         bind: SocketAddr,
+        /// Also serve over TLS here (refunds need a client certificate, hence TLS).
+        #[arg(long, requires = "tls_dir")]
+        tls_bind: Option<SocketAddr>,
+        /// Where the TLS listener writes ca.pem, apiclient_cert.pem and apiclient_key.pem.
+        #[arg(long, requires = "tls_bind")]
+        tls_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -140,7 +146,16 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Serve { sandbox } => serve(settings?, sandbox).await,
-            Command::Sandbox { bind } => run_sandbox(&settings?, bind).await,
+            Command::Sandbox {
+                bind,
+                tls_bind,
+                tls_dir,
+            } => {
+                let tls = tls_bind
+                    .zip(tls_dir)
+                    .map(|(bind, dir)| coinpay::sandbox::StandaloneTls { bind, dir });
+                run_sandbox(&settings?, bind, tls).await
+            }
         }
     });
     outcome.unwrap_or_else(report)
@@ -208,8 +223,12 @@ async fn serve(s: Settings, sandbox: bool) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run_sandbox(s: &Settings, bind: SocketAddr) -> Result<ExitCode, Failure> {
+async fn run_sandbox(
+    s: &Settings,
+    bind: SocketAddr,
+    tls: Option<coinpay::sandbox::StandaloneTls>,
+) -> Result<ExitCode, Failure> {
     let cfg = coinpay::startup::sandbox_config_from(s);
-    coinpay::sandbox::run_standalone(bind, cfg).await?;
+    coinpay::sandbox::run_standalone_with_tls(bind, cfg, tls).await?;
     Ok(ExitCode::SUCCESS)
 }

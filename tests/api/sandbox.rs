@@ -100,6 +100,21 @@ impl Sim {
         resp.json().await.expect("json")
     }
 
+    /// The simulator's state of an order once its notification is acknowledged, polling up to
+    /// `tries` times 20 ms apart (the last state seen when it never is).
+    async fn acknowledged_state(&self, out_trade_no: &str, tries: usize) -> serde_json::Value {
+        let path = format!("/simulate/orders/{out_trade_no}");
+        let mut state = serde_json::Value::Null;
+        for _ in 0..tries {
+            state = self.get_json(&path).await;
+            if state["acknowledged"] == true {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        state
+    }
+
     async fn pay(&self, out_trade_no: &str, query: &str) -> (u16, serde_json::Value) {
         self.post_json(
             &format!("/simulate/pay/{out_trade_no}{query}"),
@@ -401,6 +416,31 @@ async fn business_errors() {
 }
 
 #[actix_web::test]
+async fn userpaying_until_the_payment_completes() {
+    let sim = Sim::start(fast_config()).await;
+    let client = sim.client();
+    let o = order("CR_PAYING_001", 100);
+    let prepay = client.unified_order(&o).await.expect("order");
+    let (status, body) = sim.pay(&o.out_trade_no, "?userpaying=true").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["notification_chains"], 0);
+    let q = client.order_query(&o.out_trade_no).await.expect("query");
+    assert_eq!(q.trade_state, TradeState::UserPaying);
+    assert_eq!(q.transaction_id, None);
+    // Re-entry while paying keeps the prepay_id.
+    assert_eq!(client.unified_order(&o).await.expect("re-entry"), prepay);
+    let (_, paid) = sim.pay(&o.out_trade_no, "?notify=false").await;
+    let q = client.order_query(&o.out_trade_no).await.expect("query");
+    assert_eq!(q.trade_state, TradeState::Success);
+    assert_eq!(q.transaction_id.as_deref(), paid["transaction_id"].as_str());
+    // Paid: it cannot go back to paying.
+    let (status, body) = sim.pay(&o.out_trade_no, "?userpaying=true").await;
+    assert_eq!(status, 409);
+    assert_eq!(body["error"], "ORDERPAID");
+    sim.stop().await;
+}
+
+#[actix_web::test]
 async fn lack_params_and_garbage() {
     let sim = Sim::start(fast_config()).await;
     let cfg = sim.sb.config().clone();
@@ -591,18 +631,9 @@ async fn notification_retries_duplicates_drops_and_slow_replies() {
     client.unified_order(&o).await.expect("order");
     sim.pay(&o.out_trade_no, "").await;
     assert!(wait_for(|| recv.valid() == 3).await);
-    let path = format!("/simulate/orders/{}", o.out_trade_no);
-    let mut acked = false;
-    for _ in 0..100 {
-        let s = sim.get_json(&path).await;
-        if s["acknowledged"] == true {
-            assert_eq!(s["notify_attempts"], 3);
-            acked = true;
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(acked);
+    let s = sim.acknowledged_state(&o.out_trade_no, 100).await;
+    assert_eq!(s["acknowledged"], true);
+    assert_eq!(s["notify_attempts"], 3);
 
     // Duplicates: 1 + 2 concurrent chains, each acknowledged; same transaction everywhere.
     let o = order("CR_DUP_00001", 100);
@@ -635,19 +666,9 @@ async fn notification_retries_duplicates_drops_and_slow_replies() {
     client.unified_order(&o).await.expect("order");
     sim.pay(&o.out_trade_no, "").await;
     assert!(wait_for(|| recv.valid() == 7).await);
-    let mut done = false;
-    for _ in 0..100 {
-        let s = sim
-            .get_json(&format!("/simulate/orders/{}", o.out_trade_no))
-            .await;
-        if s["acknowledged"] == true {
-            assert_eq!(s["notify_attempts"], 2);
-            done = true;
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(done);
+    let s = sim.acknowledged_state(&o.out_trade_no, 100).await;
+    assert_eq!(s["acknowledged"], true);
+    assert_eq!(s["notify_attempts"], 2);
 
     // notify=false: paid at WeChat, never told.
     let o = order("CR_SILENT_001", 100);
@@ -677,15 +698,7 @@ async fn notification_retries_duplicates_drops_and_slow_replies() {
     let o = order("CR_SLOW_00001", 100);
     client.unified_order(&o).await.expect("order");
     sim.pay(&o.out_trade_no, "").await;
-    let path = format!("/simulate/orders/{}", o.out_trade_no);
-    let mut state = serde_json::Value::Null;
-    for _ in 0..150 {
-        state = sim.get_json(&path).await;
-        if state["acknowledged"] == true {
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    let state = sim.acknowledged_state(&o.out_trade_no, 150).await;
     assert_eq!(state["acknowledged"], true);
     assert_eq!(state["notify_attempts"], 2);
     slow.handle.stop(false).await;

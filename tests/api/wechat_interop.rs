@@ -74,31 +74,10 @@ fn params(pairs: &[(&str, &str)]) -> Params {
         .collect()
 }
 
-/// A notify with Chinese text, coupons, an unknown extra field and XML-special characters.
+/// The V6 vector of the unit tests (src/wechat/sign.rs): a notify with Chinese text, coupons and
+/// an unknown extra field.
 fn notify_fields() -> Params {
-    params(&[
-        ("appid", "wxd930ea5d5a258f4f"),
-        ("mch_id", "10000100"),
-        ("nonce_str", "5d2b6c2a8db53831f7eda20af46e531c"),
-        ("result_code", "SUCCESS"),
-        ("return_code", "SUCCESS"),
-        ("openid", "oUpF8uMEb4qRXf22hE3X68TekukE"),
-        ("is_subscribe", "N"),
-        ("trade_type", "JSAPI"),
-        ("bank_type", "OTHERS"),
-        ("total_fee", "100"),
-        ("fee_type", "CNY"),
-        ("cash_fee", "90"),
-        ("coupon_fee", "10"),
-        ("coupon_count", "1"),
-        ("coupon_id_0", "10000"),
-        ("coupon_fee_0", "10"),
-        ("coupon_type_0", "CASH"),
-        ("transaction_id", "4200000540202005267407409907"),
-        ("out_trade_no", "CR20240101000001"),
-        ("attach", "算力充值"),
-        ("time_end", "20240101120000"),
-    ])
+    serde_json::from_str(include_str!("../interop/notify_v6.json")).expect("the V6 vector")
 }
 
 fn cases() -> Vec<(Params, SignType, bool)> {

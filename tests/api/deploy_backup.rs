@@ -6,15 +6,14 @@
 //! directory, and checks the copy: the ledger invariant holds and every payment acknowledged
 //! before the backup started is in it, credited once.
 
-mod common;
-
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::Backend;
+use crate::helpers::*;
 use futures_util::StreamExt;
 
 /// Orders in the storm, spread over `USERS` users; every notification is sent `COPIES` times.
@@ -157,8 +156,8 @@ async fn backup_during_a_notification_storm_restores_every_acknowledged_payment(
     assert_eq!(code, 0, "restore failed:\n{out}\n{err}");
     assert!(out.contains("the ledger invariant holds"), "{out}");
     fresh.assert_invariants().await;
-    let restored = common::app(&fresh).spawn();
-    let mut paid_per_user = vec![0_i64; USERS];
+    let restored = crate::helpers::app(&fresh).spawn();
+    let mut paid_per_user = [0_i64; USERS];
     for (i, o) in orders.iter().enumerate() {
         let v = restored.order(&tokens[o.user], &o.no).await;
         let paid = v["status"] == "paid";
@@ -238,32 +237,30 @@ async fn backup_and_restore_refuse_to_overwrite_and_to_restore_garbage() {
 
 /// The schema applied by hand from `migrate --print-sql`: coinpay then finds nothing pending
 /// and serves the seeded packages.
-#[actix_web::test]
-async fn printed_sql_applied_by_hand_is_the_schema_coinpay_expects() {
-    for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let dialect = match backend {
-            Backend::Sqlite => "sqlite",
-            Backend::Mysql(_) => "mysql",
-        };
-        let (code, sql, err) = run_cmd(&["migrate", "--print-sql", dialect], &HashMap::new());
-        assert_eq!(code, 0, "{err}");
-        apply_by_hand(&db.url, &sql).await;
-        let (code, out, err) = run_cmd(&["migrate"], &env_of(&db.url));
-        assert_eq!(code, 0, "{err}");
-        assert_eq!(out.trim(), "applied 0 migration(s)", "{backend:?}");
-        let app = app(&db).spawn();
-        let r = app.get("/api/v1/client/coin/packages", None).await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(
-            r.json()["packages"].as_array().map(Vec::len),
-            Some(5),
-            "{backend:?}: {}",
-            r.text()
-        );
-        db.assert_invariants().await;
-    }
+async fn printed_sql_applied_by_hand_is_the_schema_coinpay_expects(backend: Backend) {
+    let db = TestDb::new(&backend).await;
+    let dialect = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Mysql(_) => "mysql",
+    };
+    let (code, sql, err) = run_cmd(&["migrate", "--print-sql", dialect], &HashMap::new());
+    assert_eq!(code, 0, "{err}");
+    apply_by_hand(&db.url, &sql).await;
+    let (code, out, err) = run_cmd(&["migrate"], &env_of(&db.url));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "applied 0 migration(s)", "{backend:?}");
+    let app = app(&db).spawn();
+    let r = app.get("/api/v1/client/coin/packages", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["packages"].as_array().map(Vec::len),
+        Some(5),
+        "{backend:?}: {}",
+        r.text()
+    );
+    db.assert_invariants().await;
 }
+backend_test!(printed_sql_applied_by_hand_is_the_schema_coinpay_expects);
 
 /// What an operator's `mysql db < schema.sql` / `sqlite3 db < schema.sql` does.
 async fn apply_by_hand(url: &str, sql: &str) {
@@ -288,7 +285,9 @@ async fn apply_by_hand(url: &str, sql: &str) {
 /// database with the mariadb client (both come with scripts/services.sh's MariaDB).
 #[actix_web::test]
 async fn mysql_backup_and_restore_through_the_mariadb_clients() {
-    let Some(url) = mysql_only() else { return };
+    let Some(Backend::Mysql(url)) = mysql() else {
+        return;
+    };
     let db = TestDb::new(&Backend::Mysql(url.clone())).await;
     let app = app(&db).spawn();
     let (token, _) = app.login("mysql-backup").await;
@@ -332,7 +331,7 @@ async fn mysql_backup_and_restore_through_the_mariadb_clients() {
     assert!(out.contains("5 paid orders"), "{out}");
     fresh.assert_invariants().await;
     drop(app);
-    let restored = common::app(&fresh).spawn();
+    let restored = crate::helpers::app(&fresh).spawn();
     assert_eq!(restored.balance(&token).await, 5 * COINS);
     for no in &nos {
         assert_eq!(restored.order(&token, no).await["status"], "paid");
