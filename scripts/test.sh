@@ -269,7 +269,7 @@ DEPLOY_RC=$?
 set -e
 case $DEPLOY_RC in
   0) ;;
-  2) missing "promtool (Debian package prometheus) is not available: deploy/ checks skipped" ;;
+  2) missing "a tool of scripts/check-deploy.sh (promtool, nginx, docker-compose, hadolint...) is not available: some deploy/ checks skipped" ;;
   *) say "FATAL: scripts/check-deploy.sh failed (exit $DEPLOY_RC)"; exit 1 ;;
 esac
 say "deploy checks: $(( $(now_ms) - t0 )) ms"

@@ -7,6 +7,7 @@
 //! checklist item instead.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -31,7 +32,30 @@ enum Command {
         sandbox: bool,
     },
     /// Apply pending database migrations and exit (a second run does nothing).
-    Migrate,
+    Migrate {
+        /// Print the SQL of the embedded migrations for this dialect instead, to apply by hand.
+        #[arg(long, value_name = "DIALECT")]
+        print_sql: Option<coinpay::schema_sql::Dialect>,
+    },
+    /// Back the database up to FILE while the service runs (SQLite: VACUUM INTO; MySQL: mysqldump).
+    Backup {
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// MySQL: print the mysqldump command instead of running it.
+        #[arg(long)]
+        print_command: bool,
+    },
+    /// Restore a backup of `coinpay backup` into an empty database, then check the ledger.
+    Restore {
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+    },
+    /// Exit 0 when the service on BIND_ADDR answers /healthz (the container's HEALTHCHECK).
+    Healthcheck {
+        /// Check this URL instead.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Walk the configuration checklist against the live settings, database and Redis.
     CheckConfig,
     /// Run the WeChat Pay simulator alone.
@@ -39,6 +63,12 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8090")]
         bind: SocketAddr,
+        /// Also serve over TLS here (refunds need a client certificate, hence TLS).
+        #[arg(long, requires = "tls_dir")]
+        tls_bind: Option<SocketAddr>,
+        /// Where the TLS listener writes ca.pem, apiclient_cert.pem and apiclient_key.pem.
+        #[arg(long, requires = "tls_bind")]
+        tls_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -71,6 +101,10 @@ enum Failure {
     Store(#[from] StoreError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Backup(#[from] coinpay::backup::BackupError),
+    #[error(transparent)]
+    Health(#[from] coinpay::healthcheck::HealthError),
 }
 
 fn main() -> ExitCode {
@@ -88,9 +122,40 @@ fn main() -> ExitCode {
     let outcome = system.block_on(async move {
         match cli.command {
             Command::CheckConfig => Ok(check_config(settings).await),
-            Command::Migrate => migrate(settings?).await,
+            Command::Migrate {
+                print_sql: Some(dialect),
+            } => {
+                print!("{}", coinpay::schema_sql::script(dialect));
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Migrate { print_sql: None } => migrate(settings?).await,
+            Command::Backup { to, print_command } => backup(settings?, &to, print_command).await,
+            Command::Restore { from } => {
+                println!(
+                    "{}",
+                    coinpay::backup::restore(&settings?.database_url, &from).await?
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Healthcheck { url } => {
+                let url = match url {
+                    Some(u) => u,
+                    None => coinpay::healthcheck::url_for(settings?.bind_addr),
+                };
+                coinpay::healthcheck::check(&url).await?;
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Serve { sandbox } => serve(settings?, sandbox).await,
-            Command::Sandbox { bind } => run_sandbox(&settings?, bind).await,
+            Command::Sandbox {
+                bind,
+                tls_bind,
+                tls_dir,
+            } => {
+                let tls = tls_bind
+                    .zip(tls_dir)
+                    .map(|(bind, dir)| coinpay::sandbox::StandaloneTls { bind, dir });
+                run_sandbox(&settings?, bind, tls).await
+            }
         }
     });
     outcome.unwrap_or_else(report)
@@ -101,7 +166,11 @@ fn report(failure: Failure) -> ExitCode {
     match &failure {
         Failure::Config(e) => tracing::error!(variable = e.var, "invalid configuration: {e}"),
         Failure::Startup(e) => tracing::error!(error = %e, "start-up failed"),
-        Failure::DotEnv(_) | Failure::Store(_) | Failure::Io(_) => {}
+        Failure::DotEnv(_)
+        | Failure::Store(_)
+        | Failure::Io(_)
+        | Failure::Backup(_)
+        | Failure::Health(_) => {}
     }
     eprintln!("error: {failure}");
     ExitCode::FAILURE
@@ -130,6 +199,16 @@ async fn migrate(s: Settings) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn backup(s: Settings, to: &std::path::Path, print_only: bool) -> Result<ExitCode, Failure> {
+    match coinpay::backup::backup(&s.database_url, to, print_only).await? {
+        coinpay::backup::Backup::Written { path, summary } => {
+            println!("backed up to {}: {summary}", path.display());
+        }
+        coinpay::backup::Backup::Command(line) => println!("{line}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn serve(s: Settings, sandbox: bool) -> Result<ExitCode, Failure> {
     let app = Application::build(s, sandbox).await?;
     // Machine-readable: tests and scripts read the bound port from here.
@@ -144,8 +223,12 @@ async fn serve(s: Settings, sandbox: bool) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run_sandbox(s: &Settings, bind: SocketAddr) -> Result<ExitCode, Failure> {
+async fn run_sandbox(
+    s: &Settings,
+    bind: SocketAddr,
+    tls: Option<coinpay::sandbox::StandaloneTls>,
+) -> Result<ExitCode, Failure> {
     let cfg = coinpay::startup::sandbox_config_from(s);
-    coinpay::sandbox::run_standalone(bind, cfg).await?;
+    coinpay::sandbox::run_standalone_with_tls(bind, cfg, tls).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -6,8 +6,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Sandbox;
-use super::notifier;
-use super::pay::{new_transaction_id, paid_fields};
+use super::notifier::{self, Subject};
+use super::pay::{new_transaction_id, paid_fields, parse_time};
 use super::state::{Faults, SimTradeState};
 use crate::wechat::Params;
 use crate::wechat::client::format_beijing;
@@ -26,6 +26,9 @@ pub(super) struct PayQuery {
     /// nothing is notified until a later pay without this flag completes the payment.
     #[serde(default)]
     userpaying: bool,
+    /// WeChat's `time_end` (`yyyyMMddHHmmss`, Beijing) instead of now: a payment just before
+    /// midnight, or on the day a bill is asked for.
+    time_end: Option<String>,
 }
 
 fn yes() -> bool {
@@ -42,6 +45,12 @@ pub(super) async fn pay(
 ) -> HttpResponse {
     let out_trade_no = path.into_inner();
     let cfg = sb.config().clone();
+    if let Some(t) = q.time_end.as_deref()
+        && parse_time(t).is_none()
+    {
+        return HttpResponse::BadRequest()
+            .json(json!({ "error": "time_end must be yyyyMMddHHmmss", "time_end": t }));
+    }
     let delivery = {
         let mut st = sb.state();
         let Some(order) = st.orders.get_mut(&out_trade_no) else {
@@ -75,7 +84,11 @@ pub(super) async fn pay(
         if newly_paid {
             order.trade_state = SimTradeState::Success;
             order.transaction_id = Some(new_transaction_id());
-            order.time_end = Some(format_beijing(chrono::Utc::now()));
+            order.time_end = Some(
+                q.time_end
+                    .clone()
+                    .unwrap_or_else(|| format_beijing(chrono::Utc::now())),
+            );
         }
         let tx = order.transaction_id.clone().unwrap_or_default();
         let mut fields: Params = paid_fields(order);
@@ -113,7 +126,7 @@ pub(super) async fn pay(
         );
         notifier::spawn_chain(
             sb.get_ref().clone(),
-            out_trade_no.clone(),
+            Subject::Order(out_trade_no.clone()),
             url.clone(),
             xml,
             std::time::Duration::from_millis(q.delay_ms),

@@ -6,6 +6,9 @@
 //! complete credentials: a missing key is settled once, by `config`, instead of being
 //! re-checked on every call.
 //!
+//! Refunds (`refund.rs`) and bills (`bill.rs`) add their calls in `impl WechatClient` blocks of
+//! their own; TLS settings (client certificate, extra root) come from `tls.rs`.
+//!
 //! The returned futures are `!Send` (awc): run them on an actix/tokio local runtime, as actix
 //! handlers and actors do.
 
@@ -19,6 +22,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::Params;
 use super::sign::{self, SignType};
+use super::tls::PayTls;
 use super::xml::{self, MAX_BODY};
 
 /// The merchant account that signs every pay call and notification (§1). Whole or absent:
@@ -64,8 +68,8 @@ pub struct LoginConfig {
     pub max_retries: u32,
 }
 
-/// `(api, outcome, latency)`: api is unifiedorder|orderquery|closeorder|jscode2session, outcome
-/// is ok|business_error|bad_signature|transport_error|timeout|protocol_error. Called once per
+/// `(api, outcome, latency)`: api is unifiedorder|orderquery|closeorder|jscode2session|refund|
+/// refundquery|downloadbill, outcome is ok|business_error|bad_signature|transport_error|timeout|protocol_error. Called once per
 /// public call (after retries), with the total latency.
 pub type CallObserver = Arc<dyn Fn(&'static str, &'static str, Duration) + Send + Sync>;
 
@@ -238,7 +242,7 @@ fn backoff(attempt: u32) -> Duration {
 /// What both clients share: the per-call limits, the metrics hook, and the HTTP exchange
 /// with its retries.
 #[derive(Clone)]
-struct Calls {
+pub(super) struct Calls {
     timeout: Duration,
     max_retries: u32,
     observer: Option<CallObserver>,
@@ -265,7 +269,7 @@ impl Calls {
     }
 
     /// Logs the outcome of one public call and reports it to the observer.
-    async fn observed<T>(
+    pub(super) async fn observed<T>(
         &self,
         api: &'static str,
         fut: impl Future<Output = Result<T, WechatError>>,
@@ -293,7 +297,7 @@ impl Calls {
 
     /// Runs `attempt` again, after a back-off, while it fails retryably and attempts are
     /// left; `on_retry` logs each repeat.
-    async fn retrying<T, Fut>(
+    pub(super) async fn retrying<T, Fut>(
         &self,
         mut attempt: impl FnMut() -> Fut,
         on_retry: impl Fn(u32, &WechatError),
@@ -316,8 +320,18 @@ impl Calls {
 
     /// POST (with body) or GET; the whole exchange is bounded by `timeout`.
     async fn send(&self, body: Option<Bytes>, url: &str) -> Result<Bytes, WechatError> {
+        self.send_via(&http_client(), body, url, MAX_BODY).await
+    }
+
+    /// [`Self::send`] through `client`, reading at most `limit` bytes of body.
+    pub(super) async fn send_via(
+        &self,
+        client: &awc::Client,
+        body: Option<Bytes>,
+        url: &str,
+        limit: usize,
+    ) -> Result<Bytes, WechatError> {
         let timeout = self.timeout;
-        let client = http_client();
         let exchange = async {
             let req = match body {
                 Some(_) => client
@@ -335,7 +349,7 @@ impl Calls {
                 other => WechatError::Transport(other.to_string()),
             })?;
             let status = resp.status();
-            let bytes = resp.body().limit(MAX_BODY).await.map_err(|e| match e {
+            let bytes = resp.body().limit(limit).await.map_err(|e| match e {
                 awc::error::PayloadError::Overflow => {
                     WechatError::Protocol("response body too large".into())
                 }
@@ -359,7 +373,9 @@ impl Calls {
 #[derive(Clone, Debug)]
 pub struct WechatClient {
     cfg: Arc<WechatConfig>,
-    calls: Calls,
+    pub(super) calls: Calls,
+    /// None: the thread's default client (webpki roots, no client certificate).
+    tls: Option<PayTls>,
 }
 
 impl WechatClient {
@@ -367,7 +383,27 @@ impl WechatClient {
         WechatClient {
             calls: Calls::new(cfg.timeout, cfg.max_retries),
             cfg: Arc::new(cfg),
+            tls: None,
         }
+    }
+
+    /// Every pay call goes through `tls` (its extra root); refunds need its client certificate.
+    pub fn with_tls(mut self, tls: PayTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The awc client for `pay/*`: [`PayTls`]'s when set (extra root), else the default.
+    pub(super) fn plain_http(&self) -> awc::Client {
+        match &self.tls {
+            Some(tls) => tls.plain_client(),
+            None => http_client(),
+        }
+    }
+
+    /// The awc client for `secapi/*`, with the merchant's certificate; None without.
+    pub(super) fn cert_http(&self) -> Option<awc::Client> {
+        self.tls.as_ref().and_then(PayTls::cert_client)
     }
 
     pub fn with_observer(mut self, o: CallObserver) -> Self {
@@ -476,28 +512,55 @@ impl WechatClient {
         api: &'static str,
         path: &str,
         out_trade_no: &str,
-        mut fields: Params,
+        fields: Params,
     ) -> Result<Params, WechatError> {
+        self.pay_call_via(&self.plain_http(), api, path, out_trade_no, fields)
+            .await
+    }
+
+    /// The request envelope of every pay API: appid, mch_id, nonce_str, sign_type (HMAC only:
+    /// absent means MD5 to WeChat, §1.2) and sign over all of it.
+    pub(super) fn signed_request(&self, mut fields: Params, nonce: String) -> Params {
         let c = &self.cfg.credentials;
         fields.insert("appid".into(), c.app_id.clone());
         fields.insert("mch_id".into(), c.mch_id.clone());
-        fields.insert("nonce_str".into(), sign::nonce());
+        fields.insert("nonce_str".into(), nonce);
         if c.sign_type == SignType::HmacSha256 {
-            // Absent means MD5 to WeChat (§1.2).
             fields.insert("sign_type".into(), c.sign_type.as_str().into());
         }
         let s = sign::sign(&fields, c.api_key.expose_secret(), c.sign_type);
         fields.insert("sign".into(), s);
+        fields
+    }
+
+    /// `pay_api_base` + `path`.
+    pub(super) fn pay_url(&self, path: &str) -> String {
+        format!("{}{}", self.cfg.pay_api_base.trim_end_matches('/'), path)
+    }
+
+    /// [`Self::pay_call`] through `client` (`secapi/*` needs the one with the certificate).
+    pub(super) async fn pay_call_via(
+        &self,
+        client: &awc::Client,
+        api: &'static str,
+        path: &str,
+        key: &str,
+        fields: Params,
+    ) -> Result<Params, WechatError> {
+        let fields = self.signed_request(fields, sign::nonce());
         let body = Bytes::from(xml::encode(&fields));
-        let url = format!("{}{}", self.cfg.pay_api_base.trim_end_matches('/'), path);
+        let url = self.pay_url(path);
         self.calls
             .retrying(
                 || async {
-                    let resp = self.calls.send(Some(body.clone()), &url).await?;
+                    let resp = self
+                        .calls
+                        .send_via(client, Some(body.clone()), &url, MAX_BODY)
+                        .await?;
                     self.check_pay_response(&resp)
                 },
                 |attempt, e| {
-                    tracing::warn!(api, out_trade_no, attempt, error = %e, "retrying with identical parameters");
+                    tracing::warn!(api, key, attempt, error = %e, "retrying with identical parameters");
                 },
             )
             .await

@@ -11,6 +11,7 @@ mod harness;
 mod helpers;
 
 mod console;
+mod deploy_backup;
 mod foundation;
 mod ops;
 mod payments;
@@ -18,3 +19,4 @@ mod resilience;
 mod sandbox;
 mod shop;
 mod wechat_interop;
+mod wechat_next;
