@@ -192,7 +192,7 @@ fn authenticate(
             Answer::fail(N::Malformed, "报文读取失败")
         }
     })?;
-    let n = notify::parse(&body, cfg).map_err(|e| {
+    let n = notify::parse(&body, &cfg.credentials).map_err(|e| {
         tracing::warn!(client_ip = %ip, reason = e.outcome().as_str(), error = %e, "notification refused");
         Answer::fail(e.outcome(), e.reply_msg())
     })?;

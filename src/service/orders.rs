@@ -6,6 +6,7 @@
 //! holds the WeChat Pay client, whose configuration sits behind an `Arc`: the notification
 //! handler borrows the configuration from here instead of copying it for every request.
 
+use secrecy::ExposeSecret;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -157,11 +158,11 @@ impl OrderService {
             .prepay_id
             .as_deref()
             .ok_or_else(|| CreateOrderError::NoPrepayId(order_no.clone()))?;
-        let cfg = pay.config();
+        let cfg = pay.credentials();
         let pay_params = pay_params::build(
             &cfg.app_id,
             prepay_id,
-            &cfg.api_key,
+            cfg.api_key.expose_secret(),
             cfg.sign_type,
             chrono::Utc::now().timestamp(),
             &sign::nonce(),

@@ -25,8 +25,9 @@ fn services_required() -> bool {
 
 impl TestStore {
     async fn open(url: &str, dir: Option<tempfile::TempDir>) -> TestStore {
-        super::run_migrations(url).await.expect("migrate");
-        let pool = DbPool::connect(url, 4).await.expect("pool");
+        let url: crate::config::DbUrl = url.parse().expect("database URL");
+        super::run_migrations(&url).await.expect("migrate");
+        let pool = DbPool::connect(&url, 4).await.expect("pool");
         TestStore { pool, _dir: dir }
     }
 

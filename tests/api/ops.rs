@@ -5,8 +5,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use coinpay::order::state::OrderStatus;
 use crate::helpers::*;
+use coinpay::order::state::OrderStatus;
 use futures_util::future::join_all;
 use secrecy::ExposeSecret;
 use serde_json::Value;
@@ -787,8 +787,8 @@ async fn sigterm_is_graceful(backend: Backend) {
             .await
             .expect("orders");
         rows.iter()
-            .filter(|o| o.status == "paid")
-            .map(|o| o.credit())
+            .filter(|o| o.status == OrderStatus::Paid)
+            .map(|o| o.credit().0)
             .sum()
     };
     assert_eq!(b.balance(&token_b).await, paid);
