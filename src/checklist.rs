@@ -5,7 +5,7 @@
 use secrecy::ExposeSecret;
 
 use crate::config::{ConfigError, INCOMPLETE_PAY_WARNING, Settings, WechatSettings};
-use crate::order::number::{redis_ping, redis_pool};
+use crate::redis::{redis_ping, redis_pool};
 use crate::store::{self, DbPool, packages};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

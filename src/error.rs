@@ -5,6 +5,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::{Map, Value, json};
 
 use crate::order::actor::OrderError;
+use crate::service::orders::CreateOrderError;
 use crate::store::StoreError;
 use crate::wechat::client::WechatError;
 
@@ -152,6 +153,22 @@ impl From<OrderError> for AppError {
             OrderError::Wechat(w) => w.into(),
             OrderError::PaymentDisabled => AppError::PaymentUnavailable,
             OrderError::Panicked | OrderError::Mailbox(_) => AppError::OrderBusy,
+        }
+    }
+}
+
+impl From<CreateOrderError> for AppError {
+    fn from(e: CreateOrderError) -> Self {
+        match e {
+            CreateOrderError::PaymentUnavailable => AppError::PaymentUnavailable,
+            CreateOrderError::UnknownPackage => AppError::NotFound("package"),
+            CreateOrderError::PackageInactive(id) => AppError::PackageInactive(id),
+            CreateOrderError::UnknownUser => AppError::Unauthorized("unknown user"),
+            CreateOrderError::NoFreeNumber => AppError::Internal("no free order number".into()),
+            e @ CreateOrderError::NoPrepayId(_) => AppError::Internal(e.to_string()),
+            CreateOrderError::Storage(s) => AppError::Storage(s),
+            CreateOrderError::Order(o) => o.into(),
+            CreateOrderError::Refused(w) => w.into(),
         }
     }
 }

@@ -47,6 +47,85 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// What became of one payment notification: the `outcome` label of `coinpay_notifications`.
+/// The handler, the notification parser and the metrics' pre-initialisation all name outcomes
+/// through this one list, so that a label can neither drift nor be missing from the scrape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NotificationOutcome {
+    /// Credited now.
+    Ok,
+    /// The same payment again: acknowledged, nothing changed.
+    Duplicate,
+    /// Credited after the order had expired.
+    LatePayment,
+    /// A second, different payment of a paid order: acknowledged, refunded by hand.
+    DoublePayment,
+    /// The order refused the payment for another reason (logged).
+    Rejected,
+    IpDenied,
+    Malformed,
+    TooLarge,
+    Doctype,
+    ReturnFail,
+    BadSignature,
+    AppidMismatch,
+    MchidMismatch,
+    ResultFail,
+    MissingField,
+    BadField,
+    AmountMismatch,
+    UnknownOrder,
+    StorageError,
+}
+
+impl NotificationOutcome {
+    pub const ALL: [NotificationOutcome; 19] = [
+        NotificationOutcome::Ok,
+        NotificationOutcome::Duplicate,
+        NotificationOutcome::LatePayment,
+        NotificationOutcome::DoublePayment,
+        NotificationOutcome::Rejected,
+        NotificationOutcome::IpDenied,
+        NotificationOutcome::Malformed,
+        NotificationOutcome::TooLarge,
+        NotificationOutcome::Doctype,
+        NotificationOutcome::ReturnFail,
+        NotificationOutcome::BadSignature,
+        NotificationOutcome::AppidMismatch,
+        NotificationOutcome::MchidMismatch,
+        NotificationOutcome::ResultFail,
+        NotificationOutcome::MissingField,
+        NotificationOutcome::BadField,
+        NotificationOutcome::AmountMismatch,
+        NotificationOutcome::UnknownOrder,
+        NotificationOutcome::StorageError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationOutcome::Ok => "ok",
+            NotificationOutcome::Duplicate => "duplicate",
+            NotificationOutcome::LatePayment => "late_payment",
+            NotificationOutcome::DoublePayment => "double_payment",
+            NotificationOutcome::Rejected => "rejected",
+            NotificationOutcome::IpDenied => "ip_denied",
+            NotificationOutcome::Malformed => "malformed",
+            NotificationOutcome::TooLarge => "too_large",
+            NotificationOutcome::Doctype => "doctype",
+            NotificationOutcome::ReturnFail => "return_fail",
+            NotificationOutcome::BadSignature => "bad_signature",
+            NotificationOutcome::AppidMismatch => "appid_mismatch",
+            NotificationOutcome::MchidMismatch => "mchid_mismatch",
+            NotificationOutcome::ResultFail => "result_fail",
+            NotificationOutcome::MissingField => "missing_field",
+            NotificationOutcome::BadField => "bad_field",
+            NotificationOutcome::AmountMismatch => "amount_mismatch",
+            NotificationOutcome::UnknownOrder => "unknown_order",
+            NotificationOutcome::StorageError => "storage_error",
+        }
+    }
+}
+
 fn outcome(s: &str) -> OutcomeLabels {
     OutcomeLabels {
         outcome: s.to_string(),
@@ -256,28 +335,8 @@ impl Metrics {
     /// Creates every known label set at 0: prometheus-client leaves a family without series out
     /// of the scrape, and `increase()` cannot see the first event of a series that starts at 1.
     fn preinit(&self) {
-        for o in [
-            "ok",
-            "duplicate",
-            "late_payment",
-            "double_payment",
-            "rejected",
-            "ip_denied",
-            "malformed",
-            "too_large",
-            "doctype",
-            "return_fail",
-            "bad_signature",
-            "appid_mismatch",
-            "mchid_mismatch",
-            "result_fail",
-            "missing_field",
-            "bad_field",
-            "amount_mismatch",
-            "unknown_order",
-            "storage_error",
-        ] {
-            let _ = self.notifications.get_or_create(&outcome(o));
+        for o in NotificationOutcome::ALL {
+            let _ = self.notifications.get_or_create(&outcome(o.as_str()));
         }
         for e in ["created", "paid", "expired", "failed"] {
             let _ = self.orders.get_or_create(&EventLabels { event: e.into() });
@@ -344,8 +403,13 @@ impl Metrics {
         out
     }
 
-    pub fn notification(&self, o: &str) {
-        self.notifications.get_or_create(&outcome(o)).inc();
+    /// Counts one notification, and with it the payment anomaly it revealed, if any: the one
+    /// place where a notification's event is counted.
+    pub fn notification(&self, o: NotificationOutcome, anomaly: Option<&str>) {
+        self.notifications.get_or_create(&outcome(o.as_str())).inc();
+        if let Some(kind) = anomaly {
+            self.anomaly(kind);
+        }
     }
     pub fn order_event(&self, event: &str) {
         self.orders

@@ -14,10 +14,12 @@ use crate::config::{INCOMPLETE_PAY_WARNING, Settings, parse_cron};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::order::actor::OrderCore;
-use crate::order::number::{OrderNumbers, redis_pool};
+use crate::order::number::OrderNumbers;
 use crate::order::registry::OrderRegistry;
 use crate::order::sweeper::{self, SweepConfig, SweeperActor};
+use crate::redis::{RedisError, redis_pool};
 use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::service::orders::OrderService;
 use crate::store::{self, DbPool};
 use crate::wechat::client::{CallObserver, LoginClient, WechatClient};
 
@@ -33,7 +35,7 @@ pub enum StartupError {
     #[error("database: {0}")]
     Store(#[from] store::StoreError),
     #[error("Redis: {0}")]
-    Redis(String),
+    Redis(#[from] RedisError),
     #[error("login tokens: {0}")]
     Jwt(#[from] http::auth::TokenError),
     #[error("{0}")]
@@ -125,7 +127,7 @@ impl Application {
         tracing::info!(applied, "migrations checked");
         let db = DbPool::connect(&settings.database_url, settings.db_pool_size).await?;
         let redis = match &settings.redis {
-            Some(r) => Some(redis_pool(r.url().expose_secret()).map_err(StartupError::Redis)?),
+            Some(r) => Some(redis_pool(r.url().expose_secret())?),
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
@@ -145,6 +147,7 @@ impl Application {
             .wechat
             .login_config()
             .map(|c| LoginClient::new(c).with_observer(observer));
+        let service_pay = pay.clone();
 
         let settings = Arc::new(settings);
 
@@ -175,8 +178,14 @@ impl Application {
             settings: settings.clone(),
             db: db.clone(),
             redis,
-            registry: registry.clone(),
-            numbers,
+            orders: OrderService::new(
+                db.clone(),
+                registry.clone(),
+                numbers,
+                service_pay,
+                settings.order_expire_secs,
+                metrics.clone(),
+            ),
             login,
             metrics: metrics.clone(),
             jwt,

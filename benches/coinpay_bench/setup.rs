@@ -105,7 +105,7 @@ pub async fn pending_orders(
 
 /// The HTTP request of a signed SUCCESS notification that pays `order`.
 pub fn notification(order: &OrderRow, txn: &str) -> Vec<u8> {
-    let body = crate::harness::notification(&order.order_no, txn, order.amount_fen, |_| {});
+    let body = crate::harness::notification(&order.order_no, txn, order.amount_fen.0, |_| {});
     request("POST", CALLBACK, "text/xml", None, &body)
 }
 

@@ -10,8 +10,9 @@ use super::auth::AdminCaller;
 use super::internal::{MAX_REQUEST_ID, int_field, movement_reply, str_field};
 use super::views::{LedgerView, OrderView, PackageView, PageQuery};
 use crate::error::AppError;
-use crate::order::actor::{Command, Outcome};
-use crate::store::ledger::{self, KIND_ADJUST, Movement};
+use crate::money::{Coins, Fen};
+use crate::order::actor::Outcome;
+use crate::store::ledger::{self, LedgerKind, Movement};
 use crate::store::orders::{self, OrderFilter};
 use crate::store::packages::{self, Package, PackageFields};
 use crate::store::users::{self, User};
@@ -59,12 +60,12 @@ fn package_fields(body: &Value, base: Option<&Package>) -> Result<PackageFields,
         (None | Some(Value::Null), Some(p)) => p.name.clone(),
         _ => str_field(body, "name", 64)?.to_string(),
     };
-    let coins = int("coins", base.map(|p| p.coins))?;
+    let coins = int("coins", base.map(|p| p.coins.0))?;
     let bonus_coins = match (body.get("bonus_coins"), base) {
         (None | Some(Value::Null), None) => 0,
-        _ => int("bonus_coins", base.map(|p| p.bonus_coins))?,
+        _ => int("bonus_coins", base.map(|p| p.bonus_coins.0))?,
     };
-    let price_fen = int("price_fen", base.map(|p| p.price_fen))?;
+    let price_fen = int("price_fen", base.map(|p| p.price_fen.0))?;
     let sort_order = match (body.get("sort_order"), base) {
         (None | Some(Value::Null), None) => 0,
         _ => int("sort_order", base.map(|p| p.sort_order as i64))?,
@@ -97,9 +98,9 @@ fn package_fields(body: &Value, base: Option<&Package>) -> Result<PackageFields,
         .map_err(|_| AppError::validation("sort_order", "out of range"))?;
     Ok(PackageFields {
         name,
-        coins,
-        bonus_coins,
-        price_fen,
+        coins: Coins(coins),
+        bonus_coins: Coins(bonus_coins),
+        price_fen: Fen(price_fen),
         sort_order,
         active,
     })
@@ -174,7 +175,7 @@ fn admin_order(row: &orders::OrderRow) -> Value {
 }
 
 #[derive(Deserialize)]
-struct OrderQuery {
+struct OrderListQuery {
     transaction_id: Option<String>,
     user_id: Option<i64>,
     status: Option<String>,
@@ -200,7 +201,7 @@ fn parse_time(field: &str, v: &str) -> Result<i64, AppError> {
 async fn list_orders(
     _a: AdminCaller,
     st: web::Data<AppState>,
-    q: web::Query<OrderQuery>,
+    q: web::Query<OrderListQuery>,
 ) -> Result<HttpResponse, AppError> {
     if let Some(txn) = &q.transaction_id {
         let row = orders::get_by_transaction(&st.db, txn)
@@ -242,14 +243,7 @@ async fn recheck_order(
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     let order_no = path.into_inner();
-    let row = orders::get(&st.db, &order_no)
-        .await?
-        .ok_or(AppError::NotFound("order"))?;
-    let due = crate::store::now_ms() >= row.expires_at;
-    let reply = st
-        .registry
-        .send(&order_no, Command::Check { may_expire: due }, false)
-        .await?;
+    let reply = st.orders.recheck(&order_no).await?;
     let outcome = match &reply.outcome {
         Outcome::Moved { to, late, .. } => json!({ "moved_to": to, "late": late }),
         Outcome::Stayed(s) => json!({ "stayed": format!("{s:?}") }),
@@ -319,9 +313,9 @@ async fn adjust_balance(
     let request_id = str_field(&body, "request_id", MAX_REQUEST_ID)?;
     let reason = str_field(&body, "reason", 255)?;
     let m = Movement {
-        kind: KIND_ADJUST,
+        kind: LedgerKind::Adjust,
         user_id,
-        delta,
+        delta: Coins(delta),
         request_id,
         reason,
     };

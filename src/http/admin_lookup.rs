@@ -162,20 +162,20 @@ async fn refund_preview(
     let row = orders::get(&st.db, &path)
         .await?
         .ok_or(AppError::NotFound("order"))?;
-    if row.status() != OrderStatus::Paid {
+    if row.status != OrderStatus::Paid {
         return Err(AppError::validation(
             "refund_fen",
             "only a paid order can be refunded",
         ));
     }
     let before = stats::refunded_by_ledger(&st.db, &row.order_no).await?;
-    let coins = coins_to_take(row.amount_fen, row.credit(), before, refund_fen)
+    let coins = coins_to_take(row.amount_fen.0, row.credit().0, before, refund_fen)
         .map_err(|e| AppError::validation("refund_fen", e.to_string()))?;
     Ok(HttpResponse::Ok().json(json!({
         "order_no": row.order_no,
         "refund_fen": refund_fen,
         "coins": coins,
-        "refundable_fen": (row.amount_fen - before.fen).max(0),
-        "coins_left": (row.credit() - before.coins).max(0),
+        "refundable_fen": (row.amount_fen.0 - before.fen).max(0),
+        "coins_left": (row.credit().0 - before.coins).max(0),
     })))
 }

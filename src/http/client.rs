@@ -1,14 +1,13 @@
 //! The mini-program's API. Handlers parse, call one service or send one message, and map.
 
-use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use actix_web::{HttpResponse, get, post, web};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::AuthUser;
 use super::views::{LedgerView, OrderView, PackageView, PageQuery, time};
-use super::{AppState, peer_ip};
+use super::{AppState, ClientIp};
 use crate::error::AppError;
-use crate::order::service;
 use crate::store::orders::OrderFilter;
 use crate::store::{ledger, orders, packages, users};
 
@@ -55,11 +54,10 @@ pub struct CreateOrderBody {
 pub async fn create_order(
     st: web::Data<AppState>,
     user: AuthUser,
-    req: HttpRequest,
+    ClientIp(client_ip): ClientIp,
     body: web::Json<CreateOrderBody>,
 ) -> Result<HttpResponse, AppError> {
-    let client_ip = peer_ip(&req, &st.settings.trusted_proxies);
-    let created = service::create(&st, user.0, body.package_id, client_ip).await?;
+    let created = st.orders.create(user.0, body.package_id, client_ip).await?;
     let mut view = serde_json::to_value(OrderView::from(&created.row))
         .map_err(|e| AppError::Internal(e.to_string()))?;
     view["pay_params"] =

@@ -24,25 +24,42 @@ use tracing::Instrument;
 use crate::config::Settings;
 use crate::error::AppError;
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
-use crate::order::number::{OrderNumbers, RedisPool};
-use crate::order::registry::OrderRegistry;
+use crate::redis::RedisPool;
+use crate::service::orders::OrderService;
 use crate::store::DbPool;
 use crate::wechat::client::LoginClient;
 
+/// What every handler borrows: the configuration, the services and the pools they read from.
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub db: DbPool,
     pub redis: Option<RedisPool>,
-    pub registry: OrderRegistry,
-    pub numbers: OrderNumbers,
+    /// Creating orders and handing events to their actors.
+    pub orders: OrderService,
     /// jscode2session: needs WECHAT_APP_ID and WECHAT_APP_SECRET only.
     pub login: Option<LoginClient>,
     pub metrics: Arc<Metrics>,
     pub jwt: auth::JwtKeys,
 }
 
-/// The caller's address, X-Forwarded-For believed only from trusted proxies.
-pub fn peer_ip(req: &HttpRequest, trusted: &[IpNet]) -> IpAddr {
+/// The caller's address, as an extractor: X-Forwarded-For is believed only from the proxies in
+/// TRUSTED_PROXIES.
+pub struct ClientIp(pub IpAddr);
+
+impl actix_web::FromRequest for ClientIp {
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let trusted = req
+            .app_data::<web::Data<AppState>>()
+            .map(|st| st.settings.trusted_proxies.as_slice())
+            .unwrap_or_default();
+        std::future::ready(Ok(ClientIp(peer_ip(req, trusted))))
+    }
+}
+
+fn peer_ip(req: &HttpRequest, trusted: &[IpNet]) -> IpAddr {
     let peer = req
         .peer_addr()
         .map(|a| client_ip::canonical(a.ip()))
@@ -58,7 +75,7 @@ pub fn peer_ip(req: &HttpRequest, trusted: &[IpNet]) -> IpAddr {
 pub fn routes(cfg: &mut web::ServiceConfig, metrics_here: bool) {
     // Routes are matched in this order (and matched again for the metrics' route label):
     // WeChat's notification, the busiest, first, ahead of the patterns with path parameters.
-    cfg.service(callback::payment_notification)
+    cfg.service(callback::resource())
         .service(client::login)
         .service(client::list_packages)
         .service(client::create_order)

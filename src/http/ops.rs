@@ -4,7 +4,7 @@ use actix_web::{HttpResponse, get, web};
 use serde_json::json;
 
 use super::AppState;
-use crate::order::number::redis_ping;
+use crate::redis::redis_ping;
 use crate::store::orders;
 
 #[get("/healthz")]
@@ -87,5 +87,5 @@ pub async fn refresh_gauges(st: &AppState) {
         None => false,
     };
     m.redis_up.set(redis_up as i64);
-    m.live_actors.set(st.registry.live() as i64);
+    m.live_actors.set(st.orders.live_actors() as i64);
 }

@@ -1,26 +1,39 @@
-//! One actor per live order. It runs the pure state machine, one event at a time (an atomic
-//! response: the next message waits until the previous one's DB transaction is done), asks
-//! WeChat what the rules ask for, and persists each move as a compare-and-set.
+//! One actor per live order. It runs the pure state machine one event at a time (each message
+//! is an atomic response, so the next one waits until the previous one's transaction is done),
+//! asks WeChat what the rules ask for, and persists each move as a compare-and-set.
+//!
+//! Each intent is a message of its own with its own reply ([`Notify`] → [`Outcome`],
+//! [`Prepare`] → [`Prepared`], [`Check`] → [`Settled`]), so a caller gets exactly what its
+//! intent can produce and never a reply it must pick apart.
+//!
+//! Every event is decided once on the row it is decided on: an order usually meets its
+//! notification with no actor alive, and then the store loads the row, takes the decision and
+//! applies it in one unit of work; the decision comes back with the row, and the actor carries on
+//! from it instead of deciding again. Only a row that changed underneath (a lost compare-and-set)
+//! is decided afresh.
 //!
 //! Supervision: a panic while handling a message is caught; the caller gets
 //! `OrderError::Panicked` and the actor restarts by dropping its state, reloading it from the
-//! DB on the next message. An actor whose mailbox died is replaced by the registry.
+//! DB on the next message. An actor whose mailbox died is replaced by the registry, which the
+//! actor tells that it stops through a callback (it never names the registry).
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::FutureExt;
 use tracing::Instrument;
 
-use super::registry::RegistryInner;
 use super::state::{
-    Ask, Decision, Effect, Facts, OrderEvent, OrderStatus, Rejection, Stay, Verdict, transition,
+    Ask, Decision, Effect, Facts, Move, OrderEvent, OrderStatus, Rejection, Stay, Verdict,
+    transition,
 };
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::store::orders::{self, Moved, OrderRow};
+use crate::money::Fen;
+use crate::store::orders::{self, Decided, OrderRow};
 use crate::store::{DbPool, StoreError};
 use crate::wechat::client::{TradeState, UnifiedOrder, WechatClient, WechatError};
 
@@ -48,33 +61,43 @@ pub enum OrderError {
     Mailbox(#[from] MailboxError),
 }
 
-/// What the caller asks the order to do.
-#[derive(Clone, Debug)]
-pub enum Command {
-    /// Call unifiedorder and move created → pending (or failed).
-    Prepare {
-        openid: String,
-        client_ip: String,
-    },
-    /// A verified payment notification.
-    Notify {
-        transaction_id: String,
-        total_fee: i64,
-    },
-    /// The sweeper (may_expire) or an operator's re-check (not yet due: never expires).
-    Check {
-        may_expire: bool,
-    },
-    Get,
+impl OrderError {
+    /// Whether the row in memory may no longer be the one in the database: then the actor
+    /// forgets it and reloads on the next message. A WeChat call that failed changed nothing.
+    fn forgets_row(&self) -> bool {
+        !matches!(self, OrderError::Wechat(_) | OrderError::PaymentDisabled)
+    }
 }
 
-#[derive(Message, Debug)]
-#[rtype(result = "Result<OrderReply, OrderError>")]
-pub struct Handle {
-    pub cmd: Command,
-    /// Test-only fault injection (COINPAY_FAULT_INJECTION=1): panic inside the handler.
-    pub inject_panic: bool,
+/// A verified payment notification.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<Outcome, OrderError>")]
+pub struct Notify {
+    pub transaction_id: String,
+    pub total_fee: Fen,
 }
+
+/// Calls unifiedorder and moves the order created → pending (or failed).
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<Prepared, OrderError>")]
+pub struct Prepare {
+    pub openid: String,
+    pub client_ip: String,
+}
+
+/// The sweeper's look at an overdue order (`may_expire`), or an operator's re-check, which asks
+/// WeChat whatever the state and never expires an order that is not yet due.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "Result<Settled, OrderError>")]
+pub struct Check {
+    pub may_expire: bool,
+}
+
+/// Test-only fault injection (COINPAY_FAULT_INJECTION=1): the actor panics while handling it, as
+/// it would on a bug, so that tests can watch the restart. Without the setting it does nothing.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "Result<(), OrderError>")]
+pub struct InjectPanic;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -85,22 +108,36 @@ pub enum Outcome {
     },
     Stayed(Stay),
     Refused(Rejection),
-    /// Get, or a Check whose WeChat call failed (left for the next run).
+    /// A Check whose WeChat answers did not settle the order within the step limit.
     Unchanged,
 }
 
+/// Where an event left the order: the row as it is now and what happened.
 #[derive(Clone, Debug)]
-pub struct OrderReply {
+pub struct Settled {
     pub row: OrderRow,
     pub outcome: Outcome,
 }
 
+/// What a [`Prepare`] came to.
+#[derive(Clone, Debug)]
+pub enum Prepared {
+    /// created → pending; the row holds the prepay_id.
+    Pending(OrderRow),
+    /// created → failed: WeChat refused the order for good; the row keeps its err_code.
+    Refused { row: OrderRow, error: WechatError },
+    /// The order had left `created` before (nothing was asked), or moved on meanwhile.
+    Unchanged(OrderRow),
+}
+
+/// Called once when the actor stops, so that new messages go to a fresh actor.
+pub type Deregister = Box<dyn FnOnce() + Send>;
+
 pub struct OrderActor {
     order_no: String,
-    generation: u64,
     core: Arc<OrderCore>,
-    registry: Weak<RegistryInner>,
-    /// `None` until loaded, and again after a panic (the restart).
+    deregister: Option<Deregister>,
+    /// `None` until loaded, and again after a panic (the restart) or a storage error.
     row: Option<OrderRow>,
     last_active: Instant,
     idle: Duration,
@@ -110,84 +147,53 @@ pub struct OrderActor {
 impl OrderActor {
     pub fn new(
         order_no: String,
-        generation: u64,
         core: Arc<OrderCore>,
-        registry: Weak<RegistryInner>,
+        deregister: Deregister,
         idle: Duration,
         terminal_linger: Duration,
     ) -> Self {
         OrderActor {
             order_no,
-            generation,
             core,
-            registry,
+            deregister: Some(deregister),
             row: None,
             last_active: Instant::now(),
             idle,
             terminal_linger,
         }
     }
-}
 
-impl Actor for OrderActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let tick = self
-            .terminal_linger
-            .min(self.idle)
-            .max(Duration::from_millis(100));
-        ctx.run_interval(tick, |act, ctx| {
-            let terminal = act.row.as_ref().is_some_and(|r| r.status().is_terminal());
-            let limit = if terminal {
-                act.terminal_linger
-            } else {
-                act.idle
-            };
-            if act.last_active.elapsed() >= limit {
-                ctx.stop();
-            }
-        });
-    }
-
-    fn stopping(&mut self, _: &mut Self::Context) -> Running {
-        // Leave the registry first, so new messages go to a fresh actor.
-        if let Some(reg) = self.registry.upgrade() {
-            reg.remove(&self.order_no, self.generation);
-        }
-        Running::Stop
-    }
-}
-
-impl Handler<Handle> for OrderActor {
-    type Result = AtomicResponse<Self, Result<OrderReply, OrderError>>;
-
-    fn handle(&mut self, msg: Handle, _: &mut Self::Context) -> Self::Result {
+    /// Runs `work` on the order (its row in memory, if any) as this actor's one message in
+    /// flight. `work` returns the row to keep and the reply. A panic inside it is caught: the
+    /// caller gets `Panicked` and the actor forgets its row, as a supervisor's restart would.
+    fn supervise<R, W, Fut>(&mut self, work: W) -> AtomicResponse<Self, Result<R, OrderError>>
+    where
+        R: 'static,
+        W: FnOnce(Arc<OrderCore>, String, Option<OrderRow>) -> Fut,
+        Fut: Future<Output = Result<(Option<OrderRow>, R), OrderError>> + 'static,
+    {
         self.last_active = Instant::now();
-        let core = self.core.clone();
-        let order_no = self.order_no.clone();
         let row = self.row.clone();
-        let inject = msg.inject_panic && core.settings.fault_injection;
         let span = tracing::info_span!(
             "order",
-            order_no = %order_no,
+            order_no = %self.order_no,
             user_id = row.as_ref().map(|r| r.user_id),
         );
-        let work = async move {
-            if inject {
-                panic!("injected fault");
-            }
-            process(&core, &order_no, row, msg.cmd).await
-        }
-        .instrument(span);
-        let fut = AssertUnwindSafe(work).catch_unwind();
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+        let work = work(self.core.clone(), self.order_no.clone(), row).instrument(span);
+        let caught = AssertUnwindSafe(work).catch_unwind();
+        AtomicResponse::new(Box::pin(caught.into_actor(self).map(
             |caught, act, _| {
                 act.last_active = Instant::now();
                 match caught {
-                    Ok((row, result)) => {
+                    Ok(Ok((row, reply))) => {
                         act.row = row;
-                        result
+                        Ok(reply)
+                    }
+                    Ok(Err(e)) => {
+                        if e.forgets_row() {
+                            act.row = None;
+                        }
+                        Err(e)
                     }
                     Err(_) => {
                         act.row = None;
@@ -201,210 +207,266 @@ impl Handler<Handle> for OrderActor {
     }
 }
 
-const MAX_STEPS: usize = 8;
+impl Actor for OrderActor {
+    type Context = Context<Self>;
 
-/// Runs one command to its end. Returns the state to keep (None: reload next time) and the
-/// reply.
-async fn process(
-    core: &OrderCore,
-    order_no: &str,
-    row: Option<OrderRow>,
-    cmd: Command,
-) -> (Option<OrderRow>, Result<OrderReply, OrderError>) {
-    let mut row = match row {
-        Some(r) => r,
-        None => match load(core, order_no, &cmd).await {
-            Ok(Loaded::Row(row)) => {
-                tracing::Span::current().record("user_id", row.user_id);
-                row
-            }
-            // Settled in the same unit of work as the load.
-            Ok(Loaded::Settled(reply)) => {
-                tracing::Span::current().record("user_id", reply.row.user_id);
-                return (Some(reply.row.clone()), Ok(reply));
-            }
-            Err(e) => return (None, Err(e)),
-        },
-    };
-    // The WeChat error that settled a failed prepay, handed back after the move is stored.
-    let mut prepay_error: Option<WechatError> = None;
-    let mut event = match cmd {
-        Command::Get => {
-            let reply = OrderReply {
-                row: row.clone(),
-                outcome: Outcome::Unchanged,
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let tick = self
+            .terminal_linger
+            .min(self.idle)
+            .max(Duration::from_millis(100));
+        ctx.run_interval(tick, |act, ctx| {
+            let terminal = act.row.as_ref().is_some_and(|r| r.status.is_terminal());
+            let limit = if terminal {
+                act.terminal_linger
+            } else {
+                act.idle
             };
-            return (Some(row), Ok(reply));
-        }
-        Command::Prepare { openid, client_ip } => {
-            if row.status() != OrderStatus::Created {
-                return refuse_prepare(row);
+            if act.last_active.elapsed() >= limit {
+                ctx.stop();
             }
-            match prepare(core, &row, openid, client_ip).await {
-                Ok(Ok(prepay_id)) => OrderEvent::PrepayObtained { prepay_id },
-                Ok(Err(refusal)) => {
+        });
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        // Leave the registry first, so new messages go to a fresh actor.
+        if let Some(deregister) = self.deregister.take() {
+            deregister();
+        }
+        Running::Stop
+    }
+}
+
+impl Handler<Notify> for OrderActor {
+    type Result = AtomicResponse<Self, Result<Outcome, OrderError>>;
+
+    fn handle(&mut self, msg: Notify, _: &mut Self::Context) -> Self::Result {
+        self.supervise(async move |core, order_no, row| {
+            let event = OrderEvent::PaymentConfirmed {
+                transaction_id: msg.transaction_id,
+                total_fee: msg.total_fee,
+            };
+            let settled = match row {
+                Some(row) => settle(&core, &order_no, row, event).await?,
+                None => load_and_settle(&core, &order_no, event).await?,
+            };
+            Ok((Some(settled.row), settled.outcome))
+        })
+    }
+}
+
+impl Handler<Prepare> for OrderActor {
+    type Result = AtomicResponse<Self, Result<Prepared, OrderError>>;
+
+    fn handle(&mut self, msg: Prepare, _: &mut Self::Context) -> Self::Result {
+        self.supervise(async move |core, order_no, row| {
+            let row = loaded(&core, &order_no, row).await?;
+            if row.status != OrderStatus::Created {
+                return Ok((Some(row.clone()), Prepared::Unchanged(row)));
+            }
+            let (event, refusal) = match prepare(&core, &row, msg.openid, msg.client_ip).await? {
+                Ok(prepay_id) => (OrderEvent::PrepayObtained { prepay_id }, None),
+                Err(refusal) => {
                     let err_code = refusal.code();
-                    prepay_error = Some(refusal);
-                    OrderEvent::PrepayFailed { err_code }
+                    (OrderEvent::PrepayFailed { err_code }, Some(refusal))
                 }
-                Err(e) => return (Some(row), Err(e)),
-            }
-        }
-        Command::Notify {
-            transaction_id,
-            total_fee,
-        } => OrderEvent::PaymentConfirmed {
-            transaction_id,
-            total_fee,
-        },
-        Command::Check { may_expire } => {
-            if may_expire {
+            };
+            let Settled { row, outcome } = settle(&core, &order_no, row, event).await?;
+            let prepared = match (outcome, refusal) {
+                (
+                    Outcome::Moved {
+                        to: OrderStatus::Pending,
+                        ..
+                    },
+                    _,
+                ) => Prepared::Pending(row.clone()),
+                (
+                    Outcome::Moved {
+                        to: OrderStatus::Failed,
+                        ..
+                    },
+                    Some(error),
+                ) => Prepared::Refused {
+                    row: row.clone(),
+                    error,
+                },
+                _ => Prepared::Unchanged(row.clone()),
+            };
+            Ok((Some(row), prepared))
+        })
+    }
+}
+
+impl Handler<Check> for OrderActor {
+    type Result = AtomicResponse<Self, Result<Settled, OrderError>>;
+
+    fn handle(&mut self, msg: Check, _: &mut Self::Context) -> Self::Result {
+        self.supervise(async move |core, order_no, row| {
+            let row = loaded(&core, &order_no, row).await?;
+            let event = if msg.may_expire {
                 OrderEvent::Timeout
             } else {
                 // An operator's re-check asks WeChat whatever the state.
-                match query(core, &row, false).await {
-                    Ok(ev) => ev,
-                    Err(e) => return (Some(row), Err(e)),
-                }
+                query(&core, &row, false).await?
+            };
+            let settled = settle(&core, &order_no, row, event).await?;
+            // A notification's anomaly is counted with the notification; this one came from
+            // WeChat's orderquery answer, and nobody else sees it.
+            if let Outcome::Refused(r) = &settled.outcome
+                && let Some(kind) = r.anomaly()
+            {
+                core.metrics.anomaly(kind);
             }
-        }
-    };
-    for _ in 0..MAX_STEPS {
-        let decision = transition(&facts(&row), &event);
-        match decision {
-            Decision::Move { to, effect, late } => {
-                let from = row.status();
-                match orders::apply(&core.db, &row, to, &effect).await {
-                    Ok(next) => {
-                        record_move(core, &next, to, &effect, late);
-                        let reply = OrderReply {
-                            row: next.clone(),
-                            outcome: Outcome::Moved { from, to, late },
-                        };
-                        let result = match prepay_error.take() {
-                            Some(e) => Err(OrderError::Wechat(e)),
-                            None => Ok(reply),
-                        };
-                        return (Some(next), result);
-                    }
-                    Err(StoreError::Conflict) => {
-                        // Another instance moved first: reload and decide again.
-                        tracing::info!("order changed concurrently; reloading");
-                        match orders::get(&core.db, order_no).await {
-                            Ok(Some(r)) => row = r,
-                            Ok(None) => return (None, Err(OrderError::NotFound)),
-                            Err(e) => return (None, Err(e.into())),
-                        }
-                    }
-                    // The state in memory may be stale: reload next time.
-                    Err(e) => return (None, Err(e.into())),
-                }
-            }
-            Decision::Stay(stay) => {
-                let reply = OrderReply {
-                    row: row.clone(),
-                    outcome: Outcome::Stayed(stay),
-                };
-                return (Some(row), Ok(reply));
-            }
-            Decision::Refuse(rejection) => {
-                record_refusal(core, &rejection);
-                let reply = OrderReply {
-                    row: row.clone(),
-                    outcome: Outcome::Refused(rejection),
-                };
-                return (Some(row), Ok(reply));
-            }
-            Decision::Ask(Ask::OrderQuery) => match query(core, &row, true).await {
-                Ok(ev) => event = ev,
-                Err(e) => return (Some(row), Err(e)),
-            },
-            Decision::Ask(Ask::CloseOrder) => match close(core, &row).await {
-                Ok(ev) => event = ev,
-                Err(e) => return (Some(row), Err(e)),
-            },
-        }
+            Ok((Some(settled.row.clone()), settled))
+        })
     }
-    tracing::error!("order did not settle within {MAX_STEPS} steps");
-    let reply = OrderReply {
-        row: row.clone(),
-        outcome: Outcome::Unchanged,
-    };
-    (Some(row), Ok(reply))
 }
 
-/// What [`load`] found: the row to decide on, or the order already settled by the command.
-enum Loaded {
-    Row(OrderRow),
-    Settled(OrderReply),
+impl Handler<InjectPanic> for OrderActor {
+    type Result = AtomicResponse<Self, Result<(), OrderError>>;
+
+    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) -> Self::Result {
+        self.supervise(async move |core, _, row| {
+            if core.settings.fault_injection {
+                panic!("injected fault");
+            }
+            Ok((row, ()))
+        })
+    }
+}
+
+const MAX_STEPS: usize = 8;
+
+/// The row in memory, or the one in the database for an actor that has none.
+async fn loaded(
+    core: &OrderCore,
+    order_no: &str,
+    row: Option<OrderRow>,
+) -> Result<OrderRow, OrderError> {
+    match row {
+        Some(row) => Ok(row),
+        None => reload(core, order_no).await,
+    }
+}
+
+async fn reload(core: &OrderCore, order_no: &str) -> Result<OrderRow, OrderError> {
+    let row = orders::get(&core.db, order_no)
+        .await?
+        .ok_or(OrderError::NotFound)?;
+    tracing::Span::current().record("user_id", row.user_id);
+    Ok(row)
 }
 
 fn facts(row: &OrderRow) -> Facts<'_> {
     Facts {
-        status: row.status(),
+        status: row.status,
         amount_fen: row.amount_fen,
         transaction_id: row.transaction_id.as_deref(),
     }
 }
 
-/// Loads the order for an actor that has none in memory. A payment notification is decided
-/// and, when it moves the order, applied in the same unit of work as the load (one checkout,
-/// one writer turn): an order usually meets its notification with no actor alive.
-async fn load(core: &OrderCore, order_no: &str, cmd: &Command) -> Result<Loaded, OrderError> {
-    let Command::Notify {
-        transaction_id,
-        total_fee,
-    } = cmd
-    else {
-        return reload(core, order_no).await;
+/// Decides `event` on `row` and runs the decision to its end.
+async fn settle(
+    core: &OrderCore,
+    order_no: &str,
+    row: OrderRow,
+    event: OrderEvent,
+) -> Result<Settled, OrderError> {
+    let decision = transition(&facts(&row), &event);
+    carry_out(core, order_no, row, decision, event).await
+}
+
+/// A notification for an order with no actor alive: the store loads the row, takes the
+/// decision on it and, when it is a move, applies it in the same unit of work (one checkout,
+/// one writer turn). The decision comes back with its row and is carried on from there.
+async fn load_and_settle(
+    core: &OrderCore,
+    order_no: &str,
+    event: OrderEvent,
+) -> Result<Settled, OrderError> {
+    let decide = {
+        let event = event.clone();
+        move |row: &OrderRow| transition(&facts(row), &event)
     };
-    let event = OrderEvent::PaymentConfirmed {
-        transaction_id: transaction_id.clone(),
-        total_fee: *total_fee,
-    };
-    let plan = move |row: &OrderRow| {
-        let decision = transition(&facts(row), &event);
-        let step = match &decision {
-            Decision::Move { to, effect, .. } => Some((*to, effect.clone())),
-            _ => None,
-        };
-        (decision, step)
-    };
-    let loaded = orders::load_and_apply(&core.db, order_no, plan)
+    let decided = orders::load_and_apply(&core.db, order_no, decide)
         .await?
         .ok_or(OrderError::NotFound)?;
-    match (loaded.moved, loaded.decided) {
-        (Moved::NotPlanned, _) => Ok(Loaded::Row(loaded.row)),
-        (Moved::Made(next), Decision::Move { to, effect, late }) => {
-            record_move(core, &next, to, &effect, late);
-            let from = loaded.row.status();
-            Ok(Loaded::Settled(OrderReply {
-                row: *next,
-                outcome: Outcome::Moved { from, to, late },
-            }))
+    match decided {
+        Decided::Written { from, step, row } => {
+            tracing::Span::current().record("user_id", row.user_id);
+            Ok(moved(core, from, step, row))
         }
-        // Moved on meanwhile (or, impossibly, made without a Move): decide again on a fresh row.
-        (Moved::Lost | Moved::Made(_), _) => reload(core, order_no).await,
+        Decided::Unwritten { row, decision } => {
+            tracing::Span::current().record("user_id", row.user_id);
+            carry_out(core, order_no, row, decision, event).await
+        }
+        // Moved on meanwhile: the decision no longer holds; take it again on a fresh row.
+        Decided::Lost => {
+            let row = reload(core, order_no).await?;
+            settle(core, order_no, row, event).await
+        }
     }
 }
 
-async fn reload(core: &OrderCore, order_no: &str) -> Result<Loaded, OrderError> {
-    let row = orders::get(&core.db, order_no)
-        .await?
-        .ok_or(OrderError::NotFound)?;
-    Ok(Loaded::Row(row))
+/// Runs `decision`, taken on `row` for `event`, to its end: a move is applied (and, when the row
+/// changed underneath, the event is decided again on the fresh row); an ask calls WeChat, whose
+/// answer is the next event.
+async fn carry_out(
+    core: &OrderCore,
+    order_no: &str,
+    mut row: OrderRow,
+    mut decision: Decision,
+    mut event: OrderEvent,
+) -> Result<Settled, OrderError> {
+    for _ in 0..MAX_STEPS {
+        match decision {
+            Decision::Move(step) => {
+                match orders::apply(&core.db, &row, step.to, &step.effect).await {
+                    Ok(next) => return Ok(moved(core, row.status, step, next)),
+                    Err(StoreError::Conflict) => {
+                        // Another instance moved first: reload and decide again.
+                        tracing::info!("order changed concurrently; reloading");
+                        row = reload(core, order_no).await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Decision::Stay(stay) => {
+                return Ok(Settled {
+                    row,
+                    outcome: Outcome::Stayed(stay),
+                });
+            }
+            Decision::Refuse(rejection) => {
+                log_refusal(&rejection);
+                return Ok(Settled {
+                    row,
+                    outcome: Outcome::Refused(rejection),
+                });
+            }
+            Decision::Ask(Ask::OrderQuery) => event = query(core, &row, true).await?,
+            Decision::Ask(Ask::CloseOrder) => event = close(core, &row).await?,
+        }
+        decision = transition(&facts(&row), &event);
+    }
+    tracing::error!("order did not settle within {MAX_STEPS} steps");
+    Ok(Settled {
+        row,
+        outcome: Outcome::Unchanged,
+    })
 }
 
-fn refuse_prepare(row: OrderRow) -> (Option<OrderRow>, Result<OrderReply, OrderError>) {
-    let from = row.status();
-    let reply = OrderReply {
-        row: row.clone(),
-        outcome: Outcome::Refused(Rejection::InvalidTransition {
+/// A committed move: counted, logged, and reported with the row as it is now.
+fn moved(core: &OrderCore, from: OrderStatus, step: Move, row: OrderRow) -> Settled {
+    record_move(core, &row, &step);
+    Settled {
+        outcome: Outcome::Moved {
             from,
-            event: "PrepayObtained",
-        }),
-    };
-    (Some(row), Ok(reply))
+            to: step.to,
+            late: step.late,
+        },
+        row,
+    }
 }
 
 fn wechat(core: &OrderCore) -> Result<&WechatClient, OrderError> {
@@ -422,7 +484,7 @@ async fn prepare(
     let req = UnifiedOrder {
         out_trade_no: row.order_no.clone(),
         body: core.settings.wechat.order_body.clone(),
-        total_fee: row.amount_fen,
+        total_fee: row.amount_fen.0,
         spbill_create_ip: client_ip,
         openid,
         time_start: ms_to_utc(row.created_at),
@@ -457,7 +519,7 @@ async fn query(
             (TradeState::Success | TradeState::Refund, Some(transaction_id), Some(total_fee)) => {
                 Verdict::Paid {
                     transaction_id,
-                    total_fee,
+                    total_fee: Fen(total_fee),
                 }
             }
             (TradeState::UserPaying | TradeState::Accept, _, _) => Verdict::UserPaying,
@@ -499,18 +561,20 @@ async fn close(core: &OrderCore, row: &OrderRow) -> Result<OrderEvent, OrderErro
     }
 }
 
-fn record_move(core: &OrderCore, row: &OrderRow, to: OrderStatus, effect: &Effect, late: bool) {
+/// The order metrics and log line of a committed move. Whoever caused the move (a notification,
+/// the sweeper, an operator) counts its own event; these count what happened to the order.
+fn record_move(core: &OrderCore, row: &OrderRow, step: &Move) {
     let m = &core.metrics;
-    match (to, effect) {
+    match (step.to, &step.effect) {
         (OrderStatus::Paid, Effect::Credit { transaction_id }) => {
             m.order_event("paid");
-            m.coins_credited.inc_by(row.credit().max(0) as u64);
-            m.fen_received.inc_by(row.amount_fen.max(0) as u64);
-            if late {
+            m.coins_credited.inc_by(row.credit().0.max(0) as u64);
+            m.fen_received.inc_by(row.amount_fen.0.max(0) as u64);
+            if step.late {
                 m.late_payments.inc();
                 tracing::warn!(transaction_id = %transaction_id, user_id = row.user_id, "late payment credited");
             } else {
-                tracing::info!(transaction_id = %transaction_id, user_id = row.user_id, coins = row.credit(), "order paid and credited");
+                tracing::info!(transaction_id = %transaction_id, user_id = row.user_id, coins = row.credit().0, "order paid and credited");
             }
         }
         (OrderStatus::Expired, _) => {
@@ -525,15 +589,11 @@ fn record_move(core: &OrderCore, row: &OrderRow, to: OrderStatus, effect: &Effec
     }
 }
 
-fn record_refusal(core: &OrderCore, r: &Rejection) {
+fn log_refusal(r: &Rejection) {
     match r {
-        Rejection::AmountMismatch { .. } => {
-            core.metrics.anomaly("amount_mismatch");
-            tracing::warn!(reason = %r, "payment refused");
-        }
+        Rejection::AmountMismatch { .. } => tracing::warn!(reason = %r, "payment refused"),
         Rejection::DoublePayment { .. } => {
-            core.metrics.anomaly("double_payment");
-            tracing::error!(reason = %r, "double payment: refund by hand");
+            tracing::error!(reason = %r, "double payment: refund by hand")
         }
         Rejection::InvalidTransition { .. } => tracing::warn!(reason = %r, "event refused"),
     }

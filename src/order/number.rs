@@ -8,15 +8,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
 
-use bb8_redis::RedisConnectionManager;
-use bb8_redis::bb8::Pool;
 use chrono::{FixedOffset, Utc};
 
 use crate::metrics::Metrics;
-
-pub type RedisPool = Pool<RedisConnectionManager>;
+use crate::redis::{RedisError, RedisPool};
 
 /// Two days: a day's key outlives the day in every time zone.
 const KEY_TTL_SECS: i64 = 172_800;
@@ -42,15 +38,6 @@ pub const BEIJING: FixedOffset = match FixedOffset::east_opt(8 * 3600) {
 
 pub fn beijing_now() -> chrono::DateTime<FixedOffset> {
     Utc::now().with_timezone(&BEIJING)
-}
-
-/// Builds a Redis pool that connects lazily: the service starts while Redis is down.
-pub fn redis_pool(url: &str) -> Result<RedisPool, String> {
-    let mgr = RedisConnectionManager::new(url).map_err(|e| e.to_string())?;
-    Ok(Pool::builder()
-        .max_size(8)
-        .connection_timeout(Duration::from_millis(500))
-        .build_unchecked(mgr))
 }
 
 impl OrderNumbers {
@@ -99,8 +86,8 @@ impl OrderNumbers {
     }
 }
 
-async fn incr_day(pool: &RedisPool, day: &str) -> Result<i64, String> {
-    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+async fn incr_day(pool: &RedisPool, day: &str) -> Result<i64, RedisError> {
+    let mut conn = pool.get().await?;
     let key = format!("coinpay:order_seq:{day}");
     let (seq,): (i64,) = bb8_redis::redis::pipe()
         .atomic()
@@ -108,8 +95,7 @@ async fn incr_day(pool: &RedisPool, day: &str) -> Result<i64, String> {
         .expire(&key, KEY_TTL_SECS)
         .ignore()
         .query_async(&mut *conn)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     Ok(seq)
 }
 
@@ -118,20 +104,6 @@ fn random_tag() -> String {
     (0..4)
         .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
         .collect()
-}
-
-/// Redis health for /readyz and metrics.
-pub async fn redis_ping(pool: &RedisPool) -> Result<(), String> {
-    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-    let pong: String = bb8_redis::redis::cmd("PING")
-        .query_async(&mut *conn)
-        .await
-        .map_err(|e| e.to_string())?;
-    if pong == "PONG" {
-        Ok(())
-    } else {
-        Err(format!("unexpected PING answer {pong:?}"))
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,14 @@
 //! Hands out one OrderActor per order number, started on demand, and replaces an actor whose
-//! mailbox has closed (stopped or died). An actor starts on the thread that first needs it
-//! (the HTTP worker handling the notification, or the sweeper's): no extra thread hop on the
-//! hot path, measured at -16% service CPU per paid notification against a separate arbiter pool.
+//! mailbox has closed (stopped or died).
+//!
+//! An actor starts on the thread that first needs it (the HTTP worker handling the
+//! notification, or the sweeper's) rather than on a pool of its own: a separate arbiter would
+//! add a thread hop to every message on the hot path, which cost measurably more service CPU per
+//! paid notification (see the README's Performance section).
+//!
+//! The registry knows the actor; the actor does not know the registry. Each actor is handed a
+//! callback that takes it out of the map when it stops, so that there is no import cycle and no
+//! actor can reach into the registry's internals.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -11,14 +18,14 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::actor::{Command, Handle, OrderActor, OrderCore, OrderError, OrderReply};
+use super::actor::{OrderActor, OrderCore, OrderError};
 
 const SHARDS: usize = 32;
 
 /// order_no → (generation, address); the generation tells a stale actor's removal apart.
 type Shard = Mutex<HashMap<String, (u64, Addr<OrderActor>)>>;
 
-pub struct RegistryInner {
+struct RegistryInner {
     shards: Vec<Shard>,
     hasher: std::collections::hash_map::RandomState,
     generation: AtomicU64,
@@ -33,7 +40,7 @@ impl RegistryInner {
     }
 
     /// Called by an actor that stops; removes it only if it is still the registered one.
-    pub fn remove(&self, order_no: &str, generation: u64) {
+    fn remove(&self, order_no: &str, generation: u64) {
         let mut shard = lock(&self.shards[self.shard(order_no)]);
         if shard.get(order_no).is_some_and(|(g, _)| *g == generation) {
             shard.remove(order_no);
@@ -65,10 +72,6 @@ impl OrderRegistry {
         }
     }
 
-    pub fn core(&self) -> &Arc<OrderCore> {
-        &self.inner.core
-    }
-
     fn addr(&self, order_no: &str) -> Addr<OrderActor> {
         let inner = &self.inner;
         let idx = inner.shard(order_no);
@@ -79,11 +82,18 @@ impl OrderRegistry {
             return addr.clone();
         }
         let generation = inner.generation.fetch_add(1, Ordering::Relaxed);
+        let deregister = {
+            let (registry, order_no) = (Arc::downgrade(inner), order_no.to_string());
+            Box::new(move || {
+                if let Some(registry) = registry.upgrade() {
+                    registry.remove(&order_no, generation);
+                }
+            })
+        };
         let actor = OrderActor::new(
             order_no.to_string(),
-            generation,
             inner.core.clone(),
-            Arc::downgrade(inner),
+            deregister,
             inner.idle,
             inner.terminal_linger,
         );
@@ -92,21 +102,17 @@ impl OrderRegistry {
         addr
     }
 
-    /// Sends a command to the order's actor. A message that reached a stopping actor was
+    /// Sends a message to the order's actor. A message that reached a stopping actor was
     /// dropped unprocessed, so it is safe to resend it to a fresh one.
-    pub async fn send(
-        &self,
-        order_no: &str,
-        cmd: Command,
-        inject_panic: bool,
-    ) -> Result<OrderReply, OrderError> {
+    pub async fn send<M, R>(&self, order_no: &str, msg: M) -> Result<R, OrderError>
+    where
+        M: Message<Result = Result<R, OrderError>> + Clone + Send + 'static,
+        R: Send + 'static,
+        OrderActor: Handler<M>,
+    {
         let mut last = None;
         for _ in 0..3 {
-            let msg = Handle {
-                cmd: cmd.clone(),
-                inject_panic,
-            };
-            match self.addr(order_no).send(msg).await {
+            match self.addr(order_no).send(msg.clone()).await {
                 Ok(reply) => return reply,
                 Err(MailboxError::Closed) => last = Some(MailboxError::Closed),
                 Err(e) => return Err(e.into()),

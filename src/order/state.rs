@@ -28,6 +28,8 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
+use crate::money::Fen;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
@@ -88,7 +90,7 @@ impl FromStr for OrderStatus {
 pub enum Verdict {
     Paid {
         transaction_id: String,
-        total_fee: i64,
+        total_fee: Fen,
     },
     UserPaying,
     /// NOTPAY, CLOSED, REVOKED, PAYERROR: no money was taken.
@@ -105,7 +107,7 @@ pub enum OrderEvent {
     },
     PaymentConfirmed {
         transaction_id: String,
-        total_fee: i64,
+        total_fee: Fen,
     },
     /// The sweeper found the order past its expiry.
     Timeout,
@@ -123,7 +125,7 @@ pub enum OrderEvent {
 #[derive(Clone, Debug)]
 pub struct Facts<'a> {
     pub status: OrderStatus,
-    pub amount_fen: i64,
+    pub amount_fen: Fen,
     pub transaction_id: Option<&'a str>,
 }
 
@@ -164,7 +166,7 @@ pub enum Stay {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     #[error("notified total_fee {got} differs from the order amount {expected}")]
-    AmountMismatch { expected: i64, got: i64 },
+    AmountMismatch { expected: Fen, got: Fen },
     #[error("paid twice: order holds transaction {existing}, notified {other}")]
     DoublePayment { existing: String, other: String },
     #[error("{event} is not allowed in state {from}")]
@@ -174,14 +176,32 @@ pub enum Rejection {
     },
 }
 
+impl Rejection {
+    /// The `coinpay_payment_anomalies` kind of a refusal that leaves money WeChat took
+    /// uncredited (a human must look at it); `None` for a refused event that took no money.
+    pub fn anomaly(&self) -> Option<&'static str> {
+        match self {
+            Rejection::AmountMismatch { .. } => Some("amount_mismatch"),
+            Rejection::DoublePayment { .. } => Some("double_payment"),
+            Rejection::InvalidTransition { .. } => None,
+        }
+    }
+}
+
+/// A change of state, with what it writes besides the status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move {
+    pub to: OrderStatus,
+    pub effect: Effect,
+    /// A payment credited after the order had expired (or never reached pending).
+    pub late: bool,
+}
+
+/// What the rules say to do with one event. A `Move` is its own type so that whatever carries a
+/// committed move (the store's answer, the actor's outcome) can say which move it was.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    Move {
-        to: OrderStatus,
-        effect: Effect,
-        /// A payment credited after the order had expired (or never reached pending).
-        late: bool,
-    },
+    Move(Move),
     Ask(Ask),
     Stay(Stay),
     Refuse(Rejection),
@@ -204,20 +224,20 @@ impl OrderEvent {
 pub fn transition(f: &Facts<'_>, ev: &OrderEvent) -> Decision {
     use OrderStatus::*;
     match (f.status, ev) {
-        (Created, OrderEvent::PrepayObtained { prepay_id }) => Decision::Move {
+        (Created, OrderEvent::PrepayObtained { prepay_id }) => Decision::Move(Move {
             to: Pending,
             effect: Effect::StorePrepay {
                 prepay_id: prepay_id.clone(),
             },
             late: false,
-        },
-        (Created, OrderEvent::PrepayFailed { err_code }) => Decision::Move {
+        }),
+        (Created, OrderEvent::PrepayFailed { err_code }) => Decision::Move(Move {
             to: Failed,
             effect: Effect::StoreFailure {
                 err_code: err_code.clone(),
             },
             late: false,
-        },
+        }),
         (from, OrderEvent::PrepayObtained { .. } | OrderEvent::PrepayFailed { .. }) => {
             Decision::Refuse(Rejection::InvalidTransition {
                 from,
@@ -242,11 +262,11 @@ pub fn transition(f: &Facts<'_>, ev: &OrderEvent) -> Decision {
         ) => payment(f, transaction_id, *total_fee),
 
         (Pending, OrderEvent::Timeout) => Decision::Ask(Ask::OrderQuery),
-        (Created, OrderEvent::Timeout) => Decision::Move {
+        (Created, OrderEvent::Timeout) => Decision::Move(Move {
             to: Expired,
             effect: Effect::Expire,
             late: false,
-        },
+        }),
         (Paid | Expired | Failed, OrderEvent::Timeout) => Decision::Stay(Stay::NoOp),
 
         (
@@ -269,17 +289,17 @@ pub fn transition(f: &Facts<'_>, ev: &OrderEvent) -> Decision {
                 Decision::Stay(Stay::NotDue)
             }
         }
-        (Pending, OrderEvent::Closed) => Decision::Move {
+        (Pending, OrderEvent::Closed) => Decision::Move(Move {
             to: Expired,
             effect: Effect::Expire,
             late: false,
-        },
+        }),
         (_, OrderEvent::Queried { .. } | OrderEvent::Closed) => Decision::Stay(Stay::NoOp),
     }
 }
 
 /// Money taken is always credited, once; a payment that does not match is never credited.
-fn payment(f: &Facts<'_>, transaction_id: &str, total_fee: i64) -> Decision {
+fn payment(f: &Facts<'_>, transaction_id: &str, total_fee: Fen) -> Decision {
     if f.status == OrderStatus::Paid {
         return match f.transaction_id {
             Some(existing) if existing == transaction_id => Decision::Stay(Stay::Duplicate),
@@ -295,13 +315,13 @@ fn payment(f: &Facts<'_>, transaction_id: &str, total_fee: i64) -> Decision {
             got: total_fee,
         });
     }
-    Decision::Move {
+    Decision::Move(Move {
         to: OrderStatus::Paid,
         effect: Effect::Credit {
             transaction_id: transaction_id.to_string(),
         },
         late: f.status != OrderStatus::Pending,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -309,7 +329,7 @@ mod tests {
     use super::*;
     use OrderStatus::*;
 
-    const AMOUNT: i64 = 600;
+    const AMOUNT: Fen = Fen(600);
 
     fn facts(status: OrderStatus) -> Facts<'static> {
         Facts {
@@ -319,7 +339,7 @@ mod tests {
         }
     }
 
-    fn paid_event(txn: &str, fee: i64) -> OrderEvent {
+    fn paid_event(txn: &str, fee: Fen) -> OrderEvent {
         OrderEvent::PaymentConfirmed {
             transaction_id: txn.into(),
             total_fee: fee,
@@ -332,28 +352,28 @@ mod tests {
         }
     }
     fn credit(txn: &str, late: bool) -> Decision {
-        Decision::Move {
+        Decision::Move(Move {
             to: Paid,
             effect: Effect::Credit {
                 transaction_id: txn.into(),
             },
             late,
-        }
+        })
     }
     fn invalid(from: OrderStatus, event: &'static str) -> Decision {
         Decision::Refuse(Rejection::InvalidTransition { from, event })
     }
-    fn mismatch(got: i64) -> Decision {
+    fn mismatch(got: Fen) -> Decision {
         Decision::Refuse(Rejection::AmountMismatch {
             expected: AMOUNT,
             got,
         })
     }
-    const EXPIRE: Decision = Decision::Move {
+    const EXPIRE: Decision = Decision::Move(Move {
         to: Expired,
         effect: Effect::Expire,
         late: false,
-    };
+    });
 
     /// Every event kind, with the variants that matter to the rules.
     fn events() -> Vec<OrderEvent> {
@@ -366,7 +386,7 @@ mod tests {
             },
             paid_event("T1", AMOUNT),
             paid_event("T2", AMOUNT),
-            paid_event("T1", AMOUNT + 1),
+            paid_event("T1", Fen(AMOUNT.0 + 1)),
             OrderEvent::Timeout,
             queried(
                 Verdict::Paid {
@@ -384,20 +404,20 @@ mod tests {
 
     /// The whole table, one expected decision per (state, event) pair, refusals included.
     fn expected(status: OrderStatus, i: usize) -> Decision {
-        let prepay = Decision::Move {
+        let prepay = Decision::Move(Move {
             to: Pending,
             effect: Effect::StorePrepay {
                 prepay_id: "wx1".into(),
             },
             late: false,
-        };
-        let failed = Decision::Move {
+        });
+        let failed = Decision::Move(Move {
             to: Failed,
             effect: Effect::StoreFailure {
                 err_code: "NOAUTH".into(),
             },
             late: false,
-        };
+        });
         let late = status != Pending;
         let double = Decision::Refuse(Rejection::DoublePayment {
             existing: "T1".into(),
@@ -413,7 +433,7 @@ mod tests {
             (Paid, 4) => Decision::Stay(Stay::Duplicate),
             (_, 2) | (_, 6) => credit("T1", late),
             (_, 3) => credit("T2", late),
-            (_, 4) => mismatch(AMOUNT + 1),
+            (_, 4) => mismatch(Fen(AMOUNT.0 + 1)),
             (Pending, 5) => Decision::Ask(Ask::OrderQuery),
             (Created, 5) => EXPIRE,
             (_, 5) => Decision::Stay(Stay::NoOp),
@@ -459,8 +479,8 @@ mod tests {
             credit("T5", true)
         );
         assert_eq!(
-            transition(&facts(Expired), &paid_event("T5", 1)),
-            mismatch(1)
+            transition(&facts(Expired), &paid_event("T5", Fen(1))),
+            mismatch(Fen(1))
         );
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_util::StreamExt;
 
-use super::actor::{Command, OrderError, Outcome};
+use super::actor::{Check, OrderError, Outcome};
 use super::registry::OrderRegistry;
 use super::state::{OrderStatus, Stay};
 use crate::metrics::Metrics;
@@ -254,9 +254,7 @@ async fn sweep_batches(
                 if halted() {
                     return None;
                 }
-                let r = registry
-                    .send(&order_no, Command::Check { may_expire: true }, false)
-                    .await;
+                let r = registry.send(&order_no, Check { may_expire: true }).await;
                 Some((order_no, r))
             })
             .buffer_unordered(cfg.concurrency)

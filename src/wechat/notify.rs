@@ -6,6 +6,7 @@ use super::Params;
 use super::client::PayCredentials;
 use super::sign::{self, SignType};
 use super::xml::{self, XmlError};
+use crate::metrics::NotificationOutcome;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notification {
@@ -42,19 +43,19 @@ pub enum NotifyError {
 }
 
 impl NotifyError {
-    /// Metrics label.
-    pub fn outcome(&self) -> &'static str {
+    /// The notification's outcome label.
+    pub fn outcome(&self) -> NotificationOutcome {
         match self {
-            NotifyError::Xml(XmlError::TooLarge) => "too_large",
-            NotifyError::Xml(XmlError::Doctype) => "doctype",
-            NotifyError::Xml(_) => "malformed",
-            NotifyError::ReturnFail(_) => "return_fail",
-            NotifyError::BadSignature => "bad_signature",
-            NotifyError::AppIdMismatch => "appid_mismatch",
-            NotifyError::MchIdMismatch => "mchid_mismatch",
-            NotifyError::ResultNotSuccess(_) => "result_fail",
-            NotifyError::MissingField(_) => "missing_field",
-            NotifyError::BadField(_) => "bad_field",
+            NotifyError::Xml(XmlError::TooLarge) => NotificationOutcome::TooLarge,
+            NotifyError::Xml(XmlError::Doctype) => NotificationOutcome::Doctype,
+            NotifyError::Xml(_) => NotificationOutcome::Malformed,
+            NotifyError::ReturnFail(_) => NotificationOutcome::ReturnFail,
+            NotifyError::BadSignature => NotificationOutcome::BadSignature,
+            NotifyError::AppIdMismatch => NotificationOutcome::AppidMismatch,
+            NotifyError::MchIdMismatch => NotificationOutcome::MchidMismatch,
+            NotifyError::ResultNotSuccess(_) => NotificationOutcome::ResultFail,
+            NotifyError::MissingField(_) => NotificationOutcome::MissingField,
+            NotifyError::BadField(_) => NotificationOutcome::BadField,
         }
     }
 
@@ -214,11 +215,11 @@ mod tests {
         // 1. DTD refused before anything else.
         let e = parse(b"<!DOCTYPE x><xml></xml>", &c).expect_err("doctype");
         assert_eq!(e, NotifyError::Xml(XmlError::Doctype));
-        assert_eq!(e.outcome(), "doctype");
+        assert_eq!(e.outcome(), NotificationOutcome::Doctype);
         assert_eq!(e.reply_msg(), "参数格式校验错误");
         // 2. Malformed.
         let e = parse(b"not xml", &c).expect_err("malformed");
-        assert_eq!(e.outcome(), "malformed");
+        assert_eq!(e.outcome(), NotificationOutcome::Malformed);
         // 3. return_code FAIL.
         check(
             "<xml><return_code>FAIL</return_code><return_msg>boom</return_msg></xml>",

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 use coinpay::metrics::Metrics;
-use coinpay::order::number::{OrderNumbers, redis_pool};
+use coinpay::order::number::OrderNumbers;
+use coinpay::redis::redis_pool;
 use coinpay::store::orders::{self, OrderFilter};
 use futures_util::future::join_all;
 
@@ -415,7 +416,11 @@ async fn kill_minus_nine_loses_no_payment(backend: Backend) {
     })
     .await;
     let rows = all_orders(&db).await;
-    assert!(rows.iter().all(|o| o.status == "paid"), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|o| o.status == coinpay::order::state::OrderStatus::Paid),
+        "{rows:?}"
+    );
     actix_rt::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(app2.balance(&token).await, 720);
     db.assert_invariants().await;

@@ -1,0 +1,203 @@
+//! Orders as the application sees them: creating one (the row first, status created, then
+//! unifiedorder through the order's actor, then the signed parameters for wx.requestPayment),
+//! and handing notifications and operators' re-checks to the order's actor.
+//!
+//! [`OrderService`] is built once at startup and shared by every handler through `AppState`. It
+//! holds the WeChat Pay client, whose configuration sits behind an `Arc`: the notification
+//! handler borrows the configuration from here instead of copying it for every request.
+
+use secrecy::ExposeSecret;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
+use crate::money::Fen;
+use crate::order::actor::{
+    Check, InjectPanic, Notify, OrderError, Outcome, Prepare, Prepared, Settled,
+};
+use crate::order::number::OrderNumbers;
+use crate::order::registry::OrderRegistry;
+use crate::store::orders::{self, NewOrder, OrderRow};
+use crate::store::{DbPool, StoreError, now_ms, packages, users};
+use crate::wechat::client::{WechatClient, WechatConfig, WechatError};
+use crate::wechat::pay_params::{self, PayParams};
+use crate::wechat::sign;
+
+/// Attempts at a fresh order number when one collides (it would have to be a clash of the
+/// local scheme or a Redis reset).
+const NUMBER_ATTEMPTS: usize = 5;
+
+/// Why an order could not be created. Each maps to one HTTP error in `error.rs`.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateOrderError {
+    #[error("WeChat Pay is not configured")]
+    PaymentUnavailable,
+    #[error("no such package")]
+    UnknownPackage,
+    #[error("package {0} is not on sale")]
+    PackageInactive(i64),
+    #[error("unknown user")]
+    UnknownUser,
+    #[error("no free order number after {NUMBER_ATTEMPTS} attempts")]
+    NoFreeNumber,
+    #[error("order {0} has no prepay_id")]
+    NoPrepayId(String),
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+    #[error(transparent)]
+    Order(#[from] OrderError),
+    /// unifiedorder refused the order for good; the order is stored as failed.
+    #[error(transparent)]
+    Refused(#[from] WechatError),
+}
+
+pub struct CreatedOrder {
+    pub row: OrderRow,
+    pub pay_params: PayParams,
+}
+
+pub struct OrderService {
+    db: DbPool,
+    registry: OrderRegistry,
+    numbers: OrderNumbers,
+    /// unifiedorder and the paySign; `None` when WeChat Pay is not fully configured.
+    pay: Option<WechatClient>,
+    expire_ms: i64,
+    metrics: Arc<Metrics>,
+}
+
+impl OrderService {
+    pub fn new(
+        db: DbPool,
+        registry: OrderRegistry,
+        numbers: OrderNumbers,
+        pay: Option<WechatClient>,
+        expire_secs: i64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        OrderService {
+            db,
+            registry,
+            numbers,
+            pay,
+            expire_ms: expire_secs * 1000,
+            metrics,
+        }
+    }
+
+    /// The WeChat Pay configuration a notification is authenticated against, when configured.
+    pub fn pay_config(&self) -> Option<&WechatConfig> {
+        self.pay.as_ref().map(WechatClient::config)
+    }
+
+    /// How many order actors are alive, for the metrics.
+    pub fn live_actors(&self) -> usize {
+        self.registry.live()
+    }
+
+    pub async fn create(
+        &self,
+        user_id: i64,
+        package_id: i64,
+        client_ip: IpAddr,
+    ) -> Result<CreatedOrder, CreateOrderError> {
+        let pay = self
+            .pay
+            .as_ref()
+            .ok_or(CreateOrderError::PaymentUnavailable)?;
+        let package = packages::get(&self.db, package_id)
+            .await?
+            .ok_or(CreateOrderError::UnknownPackage)?;
+        if !package.active {
+            return Err(CreateOrderError::PackageInactive(package_id));
+        }
+        let user = users::get(&self.db, user_id)
+            .await?
+            .ok_or(CreateOrderError::UnknownUser)?;
+
+        let created_at = now_ms();
+        let expires_at = created_at + self.expire_ms;
+        let mut order_no = None;
+        for _ in 0..NUMBER_ATTEMPTS {
+            let candidate = self.numbers.next().await;
+            let new = NewOrder {
+                order_no: &candidate,
+                user_id,
+                package_id,
+                // Copied now: later package edits never change this order.
+                amount_fen: package.price_fen,
+                coins: package.coins,
+                bonus_coins: package.bonus_coins,
+                created_at,
+                expires_at,
+            };
+            match orders::insert(&self.db, &new).await {
+                Ok(()) => {
+                    order_no = Some(candidate);
+                    break;
+                }
+                Err(e) if e.is_unique_violation() => {
+                    tracing::warn!(order_no = %candidate, "order number collision; retrying");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let order_no = order_no.ok_or(CreateOrderError::NoFreeNumber)?;
+        self.metrics.order_event("created");
+        tracing::info!(order_no = %order_no, user_id, package_id, amount_fen = package.price_fen.0, "order created");
+
+        let prepare = Prepare {
+            openid: user.openid,
+            client_ip: client_ip.to_string(),
+        };
+        let row = match self.registry.send(&order_no, prepare).await? {
+            Prepared::Refused { error, .. } => return Err(error.into()),
+            Prepared::Pending(row) | Prepared::Unchanged(row) => row,
+        };
+        let prepay_id = row
+            .prepay_id
+            .as_deref()
+            .ok_or_else(|| CreateOrderError::NoPrepayId(order_no.clone()))?;
+        let cfg = pay.credentials();
+        let pay_params = pay_params::build(
+            &cfg.app_id,
+            prepay_id,
+            cfg.api_key.expose_secret(),
+            cfg.sign_type,
+            chrono::Utc::now().timestamp(),
+            &sign::nonce(),
+        );
+        Ok(CreatedOrder { row, pay_params })
+    }
+
+    /// Hands a verified payment notification to the order's actor.
+    pub async fn notify(
+        &self,
+        order_no: &str,
+        transaction_id: &str,
+        total_fee: Fen,
+    ) -> Result<Outcome, OrderError> {
+        let notify = Notify {
+            transaction_id: transaction_id.to_string(),
+            total_fee,
+        };
+        self.registry.send(order_no, notify).await
+    }
+
+    /// Test-only (COINPAY_FAULT_INJECTION=1): makes the order's actor panic.
+    pub async fn inject_panic(&self, order_no: &str) -> Result<(), OrderError> {
+        self.registry.send(order_no, InjectPanic).await
+    }
+
+    /// Asks WeChat now and applies the answer through the order's actor, as the sweeper would,
+    /// but an order that is not yet due is never expired.
+    pub async fn recheck(&self, order_no: &str) -> Result<Settled, OrderError> {
+        let row = orders::get(&self.db, order_no)
+            .await?
+            .ok_or(OrderError::NotFound)?;
+        let due = now_ms() >= row.expires_at;
+        self.registry
+            .send(order_no, Check { may_expire: due })
+            .await
+    }
+}
