@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
+use secrecy::ExposeSecret;
 
 use crate::config::{INCOMPLETE_PAY_WARNING, Settings, parse_cron};
 use crate::http::{self, AppState};
@@ -18,7 +19,7 @@ use crate::redis::{RedisError, redis_pool};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::service::orders::OrderService;
 use crate::store::{self, DbPool};
-use crate::wechat::client::{CallObserver, WechatClient, WechatConfig};
+use crate::wechat::client::{CallObserver, LoginClient, WechatClient};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -33,6 +34,8 @@ pub enum StartupError {
     Store(#[from] store::StoreError),
     #[error("Redis: {0}")]
     Redis(#[from] RedisError),
+    #[error("login tokens: {0}")]
+    Jwt(#[from] http::auth::TokenError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -56,19 +59,12 @@ fn apply_sandbox(settings: &mut Settings, addr: SocketAddr) -> SandboxConfig {
     let defaults = SandboxConfig::default_credentials();
     let w = &mut settings.wechat;
     let base = format!("http://{addr}/sandbox");
-    let fill = |v: &mut Option<String>, d: &str| {
-        if v.is_none() {
-            *v = Some(d.to_string());
-        }
-    };
-    fill(&mut w.app_id, &defaults.app_id);
-    fill(&mut w.app_secret, &defaults.app_secret);
-    fill(&mut w.mch_id, &defaults.mch_id);
-    fill(&mut w.api_key, &defaults.api_key);
-    fill(
-        &mut w.notify_url,
-        &format!("http://{addr}/api/v1/client/coin/recharge/callback"),
-    );
+    w.app_id.get_or_insert(defaults.app_id);
+    w.app_secret.get_or_insert(defaults.app_secret);
+    w.mch_id.get_or_insert(defaults.mch_id);
+    w.api_key.get_or_insert(defaults.api_key);
+    w.notify_url
+        .get_or_insert_with(|| format!("http://{addr}/api/v1/client/coin/recharge/callback"));
     if w.pay_api_base == crate::config::WECHAT_PAY_API_BASE_DEFAULT {
         w.pay_api_base = base.clone();
     }
@@ -82,22 +78,6 @@ fn apply_sandbox(settings: &mut Settings, addr: SocketAddr) -> SandboxConfig {
         ]);
     }
     sandbox_config_from(settings)
-}
-
-fn wechat_config(s: &Settings) -> WechatConfig {
-    let w = &s.wechat;
-    WechatConfig {
-        app_id: w.app_id.clone().unwrap_or_default(),
-        app_secret: w.app_secret.clone().unwrap_or_default(),
-        mch_id: w.mch_id.clone().unwrap_or_default(),
-        api_key: w.api_key.clone().unwrap_or_default(),
-        sign_type: w.sign_type(),
-        pay_api_base: w.pay_api_base.clone(),
-        api_base: w.api_base.clone(),
-        notify_url: w.notify_url.clone().unwrap_or_default(),
-        timeout: Duration::from_millis(w.timeout_ms),
-        max_retries: w.max_retries,
-    }
 }
 
 pub fn sandbox_config_from(settings: &Settings) -> SandboxConfig {
@@ -145,7 +125,7 @@ impl Application {
         tracing::info!(applied, "migrations checked");
         let db = DbPool::connect(&settings.database_url, settings.db_pool_size).await?;
         let redis = match &settings.redis {
-            Some(r) => Some(redis_pool(&r.url())?),
+            Some(r) => Some(redis_pool(r.url().expose_secret())?),
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
@@ -156,10 +136,16 @@ impl Application {
                 m.wechat_call(api, outcome, elapsed.as_secs_f64())
             })
         };
-        let client = WechatClient::new(wechat_config(&settings)).with_observer(observer);
-        let pay = settings.wechat.pay_complete().then(|| client.clone());
+        // Each client exists only when its credentials are complete (config.rs decides).
+        let pay = settings
+            .wechat
+            .pay_config()
+            .map(|c| WechatClient::new(c).with_observer(observer.clone()));
+        let login = settings
+            .wechat
+            .login_config()
+            .map(|c| LoginClient::new(c).with_observer(observer));
         let service_pay = pay.clone();
-        let login = settings.wechat.login_complete().then_some(client);
 
         let settings = Arc::new(settings);
 
@@ -179,15 +165,13 @@ impl Application {
             settings.instance_id.as_deref(),
             metrics.clone(),
         );
-        let jwt_secret = match &settings.jwt_secret {
-            Some(s) => s.as_bytes().to_vec(),
-            None => {
-                tracing::warn!(
-                    "JWT_SECRET is not set: using a random secret; tokens end with this process and do not work across instances"
-                );
-                crate::wechat::sign::nonce().into_bytes()
-            }
-        };
+        if settings.jwt_secret.is_none() {
+            tracing::warn!(
+                "JWT_SECRET is not set: using a random secret; tokens end with this process and do not work across instances"
+            );
+        }
+        let jwt =
+            http::auth::JwtKeys::from_config(settings.jwt_secret.as_ref(), settings.jwt_ttl_secs)?;
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             db: db.clone(),
@@ -202,7 +186,7 @@ impl Application {
             ),
             login,
             metrics: metrics.clone(),
-            jwt: http::auth::JwtKeys::new(&jwt_secret, settings.jwt_ttl_secs),
+            jwt,
         });
 
         let sweep_cfg = SweepConfig {

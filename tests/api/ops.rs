@@ -1,30 +1,21 @@
 //! Operations, black-box: the metrics that deploy/ (alerts, dashboard) relies on are exported,
 //! /metrics on its own listener, JSON logs that carry ids and no secrets, graceful SIGTERM.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::helpers::*;
 use coinpay::order::state::OrderStatus;
-use common::*;
 use futures_util::future::join_all;
+use secrecy::ExposeSecret;
 use serde_json::Value;
 
-const WAIT: Duration = Duration::from_secs(20);
 const ALERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/alerts.yml");
 const DASHBOARD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/deploy/grafana/coinpay-dashboard.json"
 );
-
-async fn wait_balance(app: &App, token: &str, expected: i64) {
-    wait_until(&format!("balance {expected}"), WAIT, || async {
-        app.balance(token).await == expected
-    })
-    .await;
-}
 
 /// Login, order (package 1: 600 fen, 60 coins), pay at the simulator, wait for the credit.
 /// Returns (token, user id, order_no, transaction_id).
@@ -308,33 +299,23 @@ async fn every_metric_in_rules_and_dashboard_is_exported() {
         SUCCESS,
         "amount mismatch"
     );
-    let r = send(
-        client()
-            .post(app.url("/api/v1/internal/coin/consume"))
-            .insert_header(("Authorization", format!("Bearer {INTERNAL_TOKEN}")))
-            .insert_header(("Content-Type", "application/json")),
-        Some(
-            serde_json::to_vec(&serde_json::json!({
-                "user_id": user_id, "amount": 5, "request_id": "ops-consume-1", "reason": "ops test"
-            }))
-            .expect("json"),
-        ),
-    )
-    .await;
+    let consume = serde_json::json!({
+        "user_id": user_id, "amount": 5, "request_id": "ops-consume-1", "reason": "ops test"
+    });
+    let r = app
+        .post_json(
+            "/api/v1/internal/coin/consume",
+            Some(INTERNAL_TOKEN),
+            &consume,
+        )
+        .await;
     assert_eq!(r.status, 200, "consume: {}", r.text());
-    let r = send(
-        client()
-            .post(app.url("/api/v1/admin/balance/adjust"))
-            .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
-            .insert_header(("Content-Type", "application/json")),
-        Some(
-            serde_json::to_vec(&serde_json::json!({
-                "user_id": user_id, "delta": 5, "request_id": "ops-adjust-1", "reason": "ops test"
-            }))
-            .expect("json"),
-        ),
-    )
-    .await;
+    let adjust = serde_json::json!({
+        "user_id": user_id, "delta": 5, "request_id": "ops-adjust-1", "reason": "ops test"
+    });
+    let r = app
+        .post_json("/api/v1/admin/balance/adjust", Some(ADMIN_TOKEN), &adjust)
+        .await;
     assert_eq!(r.status, 200, "adjust: {}", r.text());
     wait_until("a completed sweep", WAIT, || async {
         last_sweep(&app.metrics().await).is_some_and(|t| t > 0.0)
@@ -518,8 +499,10 @@ fn carries<'a>(line: &'a Value, key: &str) -> Option<&'a Value> {
 fn sandbox_session_key(code: &str) -> String {
     use base64::Engine as _;
     use hmac::{KeyInit, Mac};
-    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(sandbox_creds().app_secret.as_bytes())
-        .expect("hmac key");
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(
+        sandbox_creds().app_secret.expose_secret().as_bytes(),
+    )
+    .expect("hmac key");
     m.update(format!("session_key:{code}").as_bytes());
     let key = m.finalize().into_bytes();
     base64::engine::general_purpose::STANDARD.encode(&key[..16])
@@ -604,8 +587,8 @@ async fn json_logs_carry_ids_and_no_secrets() {
     let signature = token.rsplit('.').next().unwrap_or_default().to_string();
     let session_key = sandbox_session_key(code);
     for (what, secret) in [
-        ("WECHAT_PAY_API_KEY", creds.api_key.as_str()),
-        ("WECHAT_APP_SECRET", creds.app_secret.as_str()),
+        ("WECHAT_PAY_API_KEY", creds.api_key.expose_secret()),
+        ("WECHAT_APP_SECRET", creds.app_secret.expose_secret()),
         ("JWT_SECRET", JWT_SECRET),
         ("the login token", token.as_str()),
         ("the login token's signature", signature.as_str()),
@@ -641,14 +624,10 @@ async fn try_pay(base: String, order_no: String) -> Option<u16> {
 
 /// Order numbers whose notification the (stopped) simulator saw acknowledged with SUCCESS.
 fn acknowledged(logs: &str) -> HashSet<String> {
-    logs.lines()
-        .filter(|l| l.starts_with('{'))
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| {
-            v["fields"]["message"] == "sandbox notification delivered"
-                && v["fields"]["success"] == true
-        })
-        .filter_map(|v| v["fields"]["out_trade_no"].as_str().map(str::to_string))
+    log_events(logs, "sandbox notification delivered")
+        .into_iter()
+        .filter(|f| f["success"] == true)
+        .filter_map(|f| f["out_trade_no"].as_str().map(str::to_string))
         .collect()
 }
 
@@ -720,103 +699,100 @@ fn accepts(addr: &str) -> bool {
         .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok())
 }
 
-#[actix_web::test]
-async fn sigterm_is_graceful() {
+backend_test!(sigterm_is_graceful);
+async fn sigterm_is_graceful(backend: Backend) {
     const ORDERS: usize = 6;
     const BOUND: Duration = Duration::from_secs(25);
-    for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let sweeping = |db: &TestDb| {
-            app(db)
-                .env("ORDER_SWEEP_CRON", "* * * * * *")
-                .env("ORDER_EXPIRE_SECONDS", "1")
-                .env("LOG_FORMAT", "json")
-        };
-        let mut a = sweeping(&db).spawn();
-        let (token, user_id) = a.login("ops-sigterm").await;
-        let mut nos = Vec::new();
-        for _ in 0..ORDERS {
-            let o = a.create_order(&token, 1).await;
-            nos.push(o["order_no"].as_str().expect("order_no").to_string());
-        }
-        // A batch of concurrent payments (3 notification chains each), and SIGTERM while they
-        // are under way.
-        let pays = actix_rt::spawn(join_all(
-            nos.iter()
-                .map(|no| try_pay(a.base.clone(), no.clone()))
-                .collect::<Vec<_>>(),
-        ));
-        actix_rt::time::sleep(Duration::from_millis(4)).await;
-        let signalled = Instant::now();
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &a.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(killed.success());
-        // It stops accepting connections, then exits 0 within the bound.
-        while accepts(&a.addr) && signalled.elapsed() < BOUND {
-            actix_rt::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(
-            !accepts(&a.addr),
-            "{backend:?}: still accepting connections {:?} after SIGTERM",
-            signalled.elapsed()
-        );
-        let refused_after = signalled.elapsed();
-        let status = a
-            .terminate(BOUND.saturating_sub(signalled.elapsed()))
-            .unwrap_or_else(|| panic!("{backend:?}: no exit within {BOUND:?}:\n{}", a.logs()));
-        assert!(
-            status.success(),
-            "{backend:?}: exit {status:?}\n{}",
-            a.logs()
-        );
-        let logs = a.logs();
-        assert!(logs.contains("shutdown requested"), "{logs}");
-        let exited_after = signalled.elapsed();
-        let replies = pays.await.expect("payments task");
-        let acked = acknowledged(&logs);
-        eprintln!(
-            "{backend:?}: pay replies {replies:?}; {} of {ORDERS} orders acknowledged; \
-             refusing connections {refused_after:?} and exited {exited_after:?} after SIGTERM",
-            acked.len(),
-        );
-        check_orders_against_ledger(&db, user_id, &acked).await;
-        drop(a);
-
-        // Restart on the same database: the lease was given back (120 s otherwise), the books
-        // still balance, and it stops cleanly again.
-        let mut b = sweeping(&db).spawn();
-        wait_until(
-            "the restarted instance takes the sweeper lease",
-            WAIT,
-            || async {
-                b.metrics()
-                    .await
-                    .lines()
-                    .any(|l| l == "coinpay_sweeper_lease_held 1")
-            },
-        )
-        .await;
-        let (token_b, same_user) = b.login("ops-sigterm").await;
-        assert_eq!(same_user, user_id);
-        let paid: i64 = {
-            let pool = db.pool().await;
-            let filter = coinpay::store::orders::OrderFilter {
-                user_id: Some(user_id),
-                ..Default::default()
-            };
-            let (rows, _) = coinpay::store::orders::list(&pool, &filter, 0, 1000)
-                .await
-                .expect("orders");
-            rows.iter()
-                .filter(|o| o.status == OrderStatus::Paid)
-                .map(|o| o.credit().0)
-                .sum()
-        };
-        assert_eq!(b.balance(&token_b).await, paid);
-        let st = b.terminate(BOUND).expect("second instance exits");
-        assert!(st.success(), "{st:?}\n{}", b.logs());
-        check_orders_against_ledger(&db, user_id, &acked).await;
+    let db = TestDb::new(&backend).await;
+    let sweeping = |db: &TestDb| {
+        app(db)
+            .env("ORDER_SWEEP_CRON", "* * * * * *")
+            .env("ORDER_EXPIRE_SECONDS", "1")
+            .env("LOG_FORMAT", "json")
+    };
+    let mut a = sweeping(&db).spawn();
+    let (token, user_id) = a.login("ops-sigterm").await;
+    let mut nos = Vec::new();
+    for _ in 0..ORDERS {
+        nos.push(a.order_no(&token, 1).await);
     }
+    // A batch of concurrent payments (3 notification chains each), and SIGTERM while they
+    // are under way.
+    let pays = actix_rt::spawn(join_all(
+        nos.iter()
+            .map(|no| try_pay(a.base.clone(), no.clone()))
+            .collect::<Vec<_>>(),
+    ));
+    actix_rt::time::sleep(Duration::from_millis(4)).await;
+    let signalled = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &a.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    // It stops accepting connections, then exits 0 within the bound.
+    while accepts(&a.addr) && signalled.elapsed() < BOUND {
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !accepts(&a.addr),
+        "{backend:?}: still accepting connections {:?} after SIGTERM",
+        signalled.elapsed()
+    );
+    let refused_after = signalled.elapsed();
+    let status = a
+        .terminate(BOUND.saturating_sub(signalled.elapsed()))
+        .unwrap_or_else(|| panic!("{backend:?}: no exit within {BOUND:?}:\n{}", a.logs()));
+    assert!(
+        status.success(),
+        "{backend:?}: exit {status:?}\n{}",
+        a.logs()
+    );
+    let logs = a.logs();
+    assert!(logs.contains("shutdown requested"), "{logs}");
+    let exited_after = signalled.elapsed();
+    let replies = pays.await.expect("payments task");
+    let acked = acknowledged(&logs);
+    eprintln!(
+        "{backend:?}: pay replies {replies:?}; {} of {ORDERS} orders acknowledged; \
+         refusing connections {refused_after:?} and exited {exited_after:?} after SIGTERM",
+        acked.len(),
+    );
+    check_orders_against_ledger(&db, user_id, &acked).await;
+    drop(a);
+
+    // Restart on the same database: the lease was given back (120 s otherwise), the books
+    // still balance, and it stops cleanly again.
+    let mut b = sweeping(&db).spawn();
+    wait_until(
+        "the restarted instance takes the sweeper lease",
+        WAIT,
+        || async {
+            b.metrics()
+                .await
+                .lines()
+                .any(|l| l == "coinpay_sweeper_lease_held 1")
+        },
+    )
+    .await;
+    let (token_b, same_user) = b.login("ops-sigterm").await;
+    assert_eq!(same_user, user_id);
+    let paid: i64 = {
+        let pool = db.pool().await;
+        let filter = coinpay::store::orders::OrderFilter {
+            user_id: Some(user_id),
+            ..Default::default()
+        };
+        let (rows, _) = coinpay::store::orders::list(&pool, &filter, 0, 1000)
+            .await
+            .expect("orders");
+        rows.iter()
+            .filter(|o| o.status == OrderStatus::Paid)
+            .map(|o| o.credit().0)
+            .sum()
+    };
+    assert_eq!(b.balance(&token_b).await, paid);
+    let st = b.terminate(BOUND).expect("second instance exits");
+    assert!(st.success(), "{st:?}\n{}", b.logs());
+    check_orders_against_ledger(&db, user_id, &acked).await;
 }

@@ -1,67 +1,61 @@
 //! Foundation, black-box: the real binary on SQLite and on MariaDB.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
+use crate::helpers::*;
 
-#[actix_web::test]
-async fn packages_are_listed_active_in_sort_order() {
-    for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let app = app(&db).spawn();
-        let r = app.get("/api/v1/client/coin/packages", None).await;
-        assert_eq!(r.status, 200, "{backend:?}: {}", r.text());
-        let v = r.json();
-        let list = v["packages"].as_array().expect("packages");
-        assert_eq!(list.len(), 5, "{backend:?}: {v}");
-        let mut last = i64::MIN;
-        for p in list {
-            for f in ["id", "name", "coins", "bonus_coins", "price_fen"] {
-                assert!(!p[f].is_null(), "{backend:?}: field {f} missing in {p}");
-            }
-            assert!(p["price_fen"].as_i64().expect("fen") > 0);
-            let order = p["sort_order"].as_i64().expect("sort");
-            assert!(order >= last, "not in sort order: {v}");
-            last = order;
+backend_test!(packages_are_listed_active_in_sort_order);
+async fn packages_are_listed_active_in_sort_order(backend: Backend) {
+    let db = TestDb::new(&backend).await;
+    let app = app(&db).spawn();
+    let r = app.get("/api/v1/client/coin/packages", None).await;
+    assert_eq!(r.status, 200, "{backend:?}: {}", r.text());
+    let v = r.json();
+    let list = v["packages"].as_array().expect("packages");
+    assert_eq!(list.len(), 5, "{backend:?}: {v}");
+    let mut last = i64::MIN;
+    for p in list {
+        for f in ["id", "name", "coins", "bonus_coins", "price_fen"] {
+            assert!(!p[f].is_null(), "{backend:?}: field {f} missing in {p}");
         }
-        assert_eq!(list[0]["price_fen"], 600);
-        assert_eq!(list[0]["coins"], 60);
-        db.assert_invariants().await;
+        assert!(p["price_fen"].as_i64().expect("fen") > 0);
+        let order = p["sort_order"].as_i64().expect("sort");
+        assert!(order >= last, "not in sort order: {v}");
+        last = order;
     }
+    assert_eq!(list[0]["price_fen"], 600);
+    assert_eq!(list[0]["coins"], 60);
+    db.assert_invariants().await;
 }
 
-#[actix_web::test]
-async fn migrations_are_idempotent() {
-    for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let env = HashMap::from([("DATABASE_URL".to_string(), db.url.clone())]);
-        let (code, out, err) = run_cmd(&["migrate"], &env);
-        assert_eq!(code, 0, "{backend:?}: {out}{err}");
-        assert!(out.contains("applied 2 migration(s)"), "{out}");
-        let (code, out, err) = run_cmd(&["migrate"], &env);
-        assert_eq!(code, 0, "{err}");
-        assert!(
-            out.contains("applied 0 migration(s)"),
-            "second run must be a no-op: {out}"
-        );
-        // And the server starting on the migrated database applies nothing either.
-        let app = app(&db).spawn();
-        // stderr is read by another thread: give it a moment.
-        wait_until(
-            "the start-up migration log line",
-            std::time::Duration::from_secs(5),
-            || async { app.logs().contains("migrations checked") },
-        )
-        .await;
-        assert!(
-            app.logs().contains("migrations checked applied=0"),
-            "{}",
-            app.logs()
-        );
-        assert_eq!(app.get("/healthz", None).await.status, 200);
-    }
+backend_test!(migrations_are_idempotent);
+async fn migrations_are_idempotent(backend: Backend) {
+    let db = TestDb::new(&backend).await;
+    let env = HashMap::from([("DATABASE_URL".to_string(), db.url.clone())]);
+    let (code, out, err) = run_cmd(&["migrate"], &env);
+    assert_eq!(code, 0, "{backend:?}: {out}{err}");
+    assert!(out.contains("applied 2 migration(s)"), "{out}");
+    let (code, out, err) = run_cmd(&["migrate"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("applied 0 migration(s)"),
+        "second run must be a no-op: {out}"
+    );
+    // And the server starting on the migrated database applies nothing either.
+    let app = app(&db).spawn();
+    // stderr is read by another thread: give it a moment.
+    wait_until(
+        "the start-up migration log line",
+        std::time::Duration::from_secs(5),
+        || async { app.logs().contains("migrations checked") },
+    )
+    .await;
+    assert!(
+        app.logs().contains("migrations checked applied=0"),
+        "{}",
+        app.logs()
+    );
+    assert_eq!(app.get("/healthz", None).await.status, 200);
 }
 
 #[actix_web::test]

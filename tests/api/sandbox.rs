@@ -7,10 +7,43 @@ use std::time::Duration;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use chrono::Utc;
 use coinpay::sandbox::{self, Sandbox, SandboxConfig};
-use coinpay::wechat::client::{TradeState, UnifiedOrder, WechatClient, WechatConfig, WechatError};
+use coinpay::wechat::client::{
+    CallObserver, LoginClient, LoginConfig, LoginCredentials, PayCredentials, TradeState,
+    UnifiedOrder, WechatClient, WechatConfig, WechatError,
+};
 use coinpay::wechat::notify::{self, Notification};
 use coinpay::wechat::sign::SignType;
 use coinpay::wechat::xml;
+use secrecy::ExposeSecret;
+
+/// The pay client's configuration for the simulator's merchant at `base`.
+fn pay_config(c: &SandboxConfig, base: &str, notify_url: &str) -> WechatConfig {
+    WechatConfig {
+        credentials: PayCredentials {
+            app_id: c.app_id.clone(),
+            mch_id: c.mch_id.clone(),
+            api_key: c.api_key.clone(),
+            sign_type: SignType::Md5,
+        },
+        pay_api_base: base.to_owned(),
+        notify_url: notify_url.to_owned(),
+        timeout: Duration::from_secs(3),
+        max_retries: 2,
+    }
+}
+
+/// The login client's configuration for the simulator's mini-program at `base`.
+fn login_config(c: &SandboxConfig, base: &str) -> LoginConfig {
+    LoginConfig {
+        credentials: LoginCredentials {
+            app_id: c.app_id.clone(),
+            app_secret: c.app_secret.clone(),
+        },
+        api_base: base.to_owned(),
+        timeout: Duration::from_secs(3),
+        max_retries: 2,
+    }
+}
 
 struct Sim {
     sb: Sandbox,
@@ -33,23 +66,19 @@ impl Sim {
     }
 
     fn client_config(&self, notify_url: &str) -> WechatConfig {
-        let c = self.sb.config();
-        WechatConfig {
-            app_id: c.app_id.clone(),
-            app_secret: c.app_secret.clone(),
-            mch_id: c.mch_id.clone(),
-            api_key: c.api_key.clone(),
-            sign_type: SignType::Md5,
-            pay_api_base: self.base.clone(),
-            api_base: self.base.clone(),
-            notify_url: notify_url.to_owned(),
-            timeout: Duration::from_secs(3),
-            max_retries: 2,
-        }
+        pay_config(self.sb.config(), &self.base, notify_url)
     }
 
     fn client(&self) -> WechatClient {
         WechatClient::new(self.client_config("https://example.com/notify"))
+    }
+
+    fn login_config(&self) -> LoginConfig {
+        login_config(self.sb.config(), &self.base)
+    }
+
+    fn login(&self) -> LoginClient {
+        LoginClient::new(self.login_config())
     }
 
     async fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
@@ -69,6 +98,21 @@ impl Sim {
             .await
             .expect("simulate call");
         resp.json().await.expect("json")
+    }
+
+    /// The simulator's state of an order once its notification is acknowledged, polling up to
+    /// `tries` times 20 ms apart (the last state seen when it never is).
+    async fn acknowledged_state(&self, out_trade_no: &str, tries: usize) -> serde_json::Value {
+        let path = format!("/simulate/orders/{out_trade_no}");
+        let mut state = serde_json::Value::Null;
+        for _ in 0..tries {
+            state = self.get_json(&path).await;
+            if state["acknowledged"] == true {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        state
     }
 
     async fn pay(&self, out_trade_no: &str, query: &str) -> (u16, serde_json::Value) {
@@ -151,7 +195,7 @@ impl Receiver {
                         if call == 1 && !slow_first.is_zero() {
                             actix_rt::time::sleep(slow_first).await;
                         }
-                        let reply = match notify::parse(&body, &cfg) {
+                        let reply = match notify::parse(&body, &cfg.credentials) {
                             Ok(n) => {
                                 let mut s = st.lock().expect("lock");
                                 s.valid.push(n);
@@ -205,12 +249,13 @@ async fn full_flow_login_order_pay_notify_query() {
     let recv = Receiver::start(recv_cfg, 0, Duration::ZERO).await;
     let calls = Arc::new(Mutex::new(Vec::new()));
     let c2 = calls.clone();
-    let client = WechatClient::new(sim.client_config(&recv.url)).with_observer(Arc::new(
-        move |api, outcome, _lat| c2.lock().expect("lock").push((api, outcome)),
-    ));
+    let observer: CallObserver =
+        Arc::new(move |api, outcome, _lat| c2.lock().expect("lock").push((api, outcome)));
+    let client = WechatClient::new(sim.client_config(&recv.url)).with_observer(observer.clone());
+    let login = sim.login().with_observer(observer);
 
-    let s1 = client.code_to_session("081code-A").await.expect("login");
-    let s2 = client.code_to_session("081code-A").await.expect("login");
+    let s1 = login.code_to_session("081code-A").await.expect("login");
+    let s2 = login.code_to_session("081code-A").await.expect("login");
     assert_eq!(s1, s2);
     assert_eq!(s1.openid.len(), 28);
     assert!(s1.openid.starts_with('o'));
@@ -283,7 +328,7 @@ async fn business_errors() {
 
     // Wrong key ⇒ SIGNERROR (unsigned FAIL reply carrying err_code).
     let mut bad = sim.client_config("https://example.com/notify");
-    bad.api_key = "W".repeat(32);
+    bad.credentials.api_key = "W".repeat(32).into();
     let e = WechatClient::new(bad)
         .unified_order(&order("CR_SIGNERR_1", 100))
         .await
@@ -293,14 +338,14 @@ async fn business_errors() {
 
     // Other appid / mch_id.
     let mut other_app = sim.client_config("https://example.com/notify");
-    other_app.app_id = "wx0123456789abcdef".into();
+    other_app.credentials.app_id = "wx0123456789abcdef".into();
     let e = WechatClient::new(other_app)
         .order_query("X123456")
         .await
         .expect_err("appid");
     assert_eq!(biz_code(&e), "APPID_MCHID_NOT_MATCH");
     let mut other_mch = sim.client_config("https://example.com/notify");
-    other_mch.mch_id = "1234567890".into();
+    other_mch.credentials.mch_id = "1234567890".into();
     let e = WechatClient::new(other_mch)
         .order_query("X123456")
         .await
@@ -352,7 +397,7 @@ async fn business_errors() {
 
     // Login errors.
     for code in ["invalid-code", "bad code", "invalidABC"] {
-        let e = client.code_to_session(code).await.expect_err("40029");
+        let e = sim.login().code_to_session(code).await.expect_err("40029");
         assert!(
             matches!(e, WechatError::Login { errcode: 40029, .. }),
             "{e:?}"
@@ -360,13 +405,38 @@ async fn business_errors() {
         assert!(e.is_final());
         assert_eq!(e.code(), "40029");
     }
-    let mut bad_secret = sim.client_config("x");
-    bad_secret.app_secret = "nope".into();
-    let e = WechatClient::new(bad_secret)
+    let mut bad_secret = sim.login_config();
+    bad_secret.credentials.app_secret = "nope".into();
+    let e = LoginClient::new(bad_secret)
         .code_to_session("081ok")
         .await
         .expect_err("40125");
     assert!(matches!(e, WechatError::Login { errcode: 40125, .. }));
+    sim.stop().await;
+}
+
+#[actix_web::test]
+async fn userpaying_until_the_payment_completes() {
+    let sim = Sim::start(fast_config()).await;
+    let client = sim.client();
+    let o = order("CR_PAYING_001", 100);
+    let prepay = client.unified_order(&o).await.expect("order");
+    let (status, body) = sim.pay(&o.out_trade_no, "?userpaying=true").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["notification_chains"], 0);
+    let q = client.order_query(&o.out_trade_no).await.expect("query");
+    assert_eq!(q.trade_state, TradeState::UserPaying);
+    assert_eq!(q.transaction_id, None);
+    // Re-entry while paying keeps the prepay_id.
+    assert_eq!(client.unified_order(&o).await.expect("re-entry"), prepay);
+    let (_, paid) = sim.pay(&o.out_trade_no, "?notify=false").await;
+    let q = client.order_query(&o.out_trade_no).await.expect("query");
+    assert_eq!(q.trade_state, TradeState::Success);
+    assert_eq!(q.transaction_id.as_deref(), paid["transaction_id"].as_str());
+    // Paid: it cannot go back to paying.
+    let (status, body) = sim.pay(&o.out_trade_no, "?userpaying=true").await;
+    assert_eq!(status, 409);
+    assert_eq!(body["error"], "ORDERPAID");
     sim.stop().await;
 }
 
@@ -402,7 +472,7 @@ async fn lack_params_and_garbage() {
     }
     let signed = |p: &coinpay::wechat::Params| {
         let mut p = p.clone();
-        let s = coinpay::wechat::sign::sign(&p, &cfg.api_key, SignType::Md5);
+        let s = coinpay::wechat::sign::sign(&p, cfg.api_key.expose_secret(), SignType::Md5);
         p.insert("sign".into(), s);
         xml::encode(&p)
     };
@@ -410,7 +480,7 @@ async fn lack_params_and_garbage() {
     assert_eq!(r.get("return_code").map(String::as_str), Some("SUCCESS"));
     assert_eq!(r.get("err_code").map(String::as_str), Some("LACK_PARAMS"));
     assert!(r.get("err_code_des").is_some_and(|d| d.contains("body")));
-    assert!(coinpay::wechat::sign::verify(&r, &cfg.api_key, SignType::Md5).is_ok());
+    assert!(coinpay::wechat::sign::verify(&r, cfg.api_key.expose_secret(), SignType::Md5).is_ok());
 
     let r = post("<xml><a>".into()).await;
     assert_eq!(r.get("return_code").map(String::as_str), Some("FAIL"));
@@ -506,7 +576,7 @@ async fn hmac_orders_and_notifications() {
     // The receiver is configured for MD5: the notification's sign_type field decides.
     let recv = Receiver::start(sim.client_config("unused"), 0, Duration::ZERO).await;
     let mut cfg = sim.client_config(&recv.url);
-    cfg.sign_type = SignType::HmacSha256;
+    cfg.credentials.sign_type = SignType::HmacSha256;
     let client = WechatClient::new(cfg);
     let o = order("CR_HMAC_00001", 990);
     client.unified_order(&o).await.expect("hmac order");
@@ -561,18 +631,9 @@ async fn notification_retries_duplicates_drops_and_slow_replies() {
     client.unified_order(&o).await.expect("order");
     sim.pay(&o.out_trade_no, "").await;
     assert!(wait_for(|| recv.valid() == 3).await);
-    let path = format!("/simulate/orders/{}", o.out_trade_no);
-    let mut acked = false;
-    for _ in 0..100 {
-        let s = sim.get_json(&path).await;
-        if s["acknowledged"] == true {
-            assert_eq!(s["notify_attempts"], 3);
-            acked = true;
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(acked);
+    let s = sim.acknowledged_state(&o.out_trade_no, 100).await;
+    assert_eq!(s["acknowledged"], true);
+    assert_eq!(s["notify_attempts"], 3);
 
     // Duplicates: 1 + 2 concurrent chains, each acknowledged; same transaction everywhere.
     let o = order("CR_DUP_00001", 100);
@@ -605,19 +666,9 @@ async fn notification_retries_duplicates_drops_and_slow_replies() {
     client.unified_order(&o).await.expect("order");
     sim.pay(&o.out_trade_no, "").await;
     assert!(wait_for(|| recv.valid() == 7).await);
-    let mut done = false;
-    for _ in 0..100 {
-        let s = sim
-            .get_json(&format!("/simulate/orders/{}", o.out_trade_no))
-            .await;
-        if s["acknowledged"] == true {
-            assert_eq!(s["notify_attempts"], 2);
-            done = true;
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(done);
+    let s = sim.acknowledged_state(&o.out_trade_no, 100).await;
+    assert_eq!(s["acknowledged"], true);
+    assert_eq!(s["notify_attempts"], 2);
 
     // notify=false: paid at WeChat, never told.
     let o = order("CR_SILENT_001", 100);
@@ -647,15 +698,7 @@ async fn notification_retries_duplicates_drops_and_slow_replies() {
     let o = order("CR_SLOW_00001", 100);
     client.unified_order(&o).await.expect("order");
     sim.pay(&o.out_trade_no, "").await;
-    let path = format!("/simulate/orders/{}", o.out_trade_no);
-    let mut state = serde_json::Value::Null;
-    for _ in 0..150 {
-        state = sim.get_json(&path).await;
-        if state["acknowledged"] == true {
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    let state = sim.acknowledged_state(&o.out_trade_no, 150).await;
     assert_eq!(state["acknowledged"], true);
     assert_eq!(state["notify_attempts"], 2);
     slow.handle.stop(false).await;
@@ -681,21 +724,21 @@ async fn mounted_under_a_scope() {
     actix_rt::spawn(server);
     let c = sb.config();
     let client = WechatClient::new(WechatConfig {
-        app_id: c.app_id.clone(),
-        app_secret: c.app_secret.clone(),
-        mch_id: c.mch_id.clone(),
-        api_key: c.api_key.clone(),
-        sign_type: SignType::Md5,
-        pay_api_base: format!("http://{addr}/sandbox"),
-        api_base: format!("http://{addr}/sandbox/"),
-        notify_url: "https://example.com/notify".into(),
-        timeout: Duration::from_secs(3),
         max_retries: 0,
+        ..pay_config(
+            c,
+            &format!("http://{addr}/sandbox"),
+            "https://example.com/notify",
+        )
     });
     client
         .unified_order(&order("CR_SCOPE_0001", 1))
         .await
         .expect("order");
-    client.code_to_session("abc").await.expect("login");
+    let login = LoginClient::new(LoginConfig {
+        max_retries: 0,
+        ..login_config(c, &format!("http://{addr}/sandbox/"))
+    });
+    login.code_to_session("abc").await.expect("login");
     handle.stop(false).await;
 }
