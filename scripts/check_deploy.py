@@ -251,7 +251,7 @@ def nginx_run(workdir):
             expect("X-Forwarded-Proto", seen["proto"], "https")
         status, _, _ = request("POST", cb, b"x" * 65537)
         expect("a body over coinpay's 64 KiB cap", status, 413)
-        for path in ("/metrics", "/api/v1/admin/orders", "/api/v1/internal/coin/consume", "/sandbox/x", "/readyz"):
+        for path in ("/metrics", "/admin/", "/api/v1/admin/orders", "/api/v1/internal/coin/consume", "/sandbox/x", "/readyz"):
             status, _, _ = request("GET", path)
             expect(f"{path} from the internet", status in (403, 404), True)
         status, _, _ = request("GET", "/healthz")
@@ -267,7 +267,7 @@ def nginx_run(workdir):
     if problems:
         fail(problems)
     print("ok: nginx serving the site: HTTP -> HTTPS, 64 KiB passes and 64 KiB + 1 gets 413, "
-          "X-Forwarded-For replaced by the client address, /metrics /admin /internal /readyz not public")
+          "X-Forwarded-For replaced by the client address, /metrics /admin/ /api/v1/admin/ /api/v1/internal/ /readyz not public")
 
 
 if __name__ == "__main__":

@@ -544,7 +544,7 @@ mod tests {
         );
         let line = t.dump_command_line(Path::new("/backups/coinpay 1.sql"));
         assert!(
-            line.starts_with("mysqldump -p --host=db.internal --port=3307"),
+            line.starts_with("mysqldump -p '--host=db.internal' '--port=3307'"),
             "{line}"
         );
         assert!(line.contains("--single-transaction"), "{line}");
