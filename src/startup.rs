@@ -2,10 +2,8 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use actix::prelude::*;
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 use secrecy::ExposeSecret;
@@ -16,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::order::actor::OrderCore;
 use crate::order::number::OrderNumbers;
 use crate::order::registry::OrderRegistry;
-use crate::order::sweeper::{self, SweepConfig, SweeperActor};
+use crate::order::sweeper::{SweepConfig, Sweeper};
 use crate::redis::{RedisError, redis_pool};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::service::orders::OrderService;
@@ -47,7 +45,7 @@ pub struct Application {
     pub metrics_addr: Option<SocketAddr>,
     server: Server,
     metrics_server: Option<Server>,
-    sweeper: Addr<SweeperActor>,
+    sweeper: Sweeper,
     shutdown_timeout: Duration,
 }
 
@@ -198,14 +196,7 @@ impl Application {
             batch_size: settings.sweep_batch_size,
             concurrency: settings.sweep_concurrency,
         };
-        let sweeper = SweeperActor::new(
-            sweep_cfg,
-            registry,
-            db,
-            metrics,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .start();
+        let sweeper = Sweeper::start(sweep_cfg, registry, db, metrics);
 
         let metrics_here = settings.metrics_bind_addr.is_none();
         let sandbox_app = sandbox_cfg.map(Sandbox::new);
@@ -265,17 +256,14 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let metrics_handle = self.metrics_server.as_ref().map(|s| s.handle());
-        let sweeper = self.sweeper.clone();
+        let sweeper = self.sweeper;
         let timeout = self.shutdown_timeout;
         actix_rt::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutdown requested: finishing in-flight work");
             let stop_http = handle.stop(true);
             let stop_sweeper = async {
-                if tokio::time::timeout(timeout, sweeper.send(sweeper::Shutdown))
-                    .await
-                    .is_err()
-                {
+                if tokio::time::timeout(timeout, sweeper.stop()).await.is_err() {
                     tracing::warn!("sweeper did not stop in time");
                 }
             };

@@ -384,7 +384,7 @@ impl<'a> Run<'a> {
         let balances: HashMap<i64, i64> = users::balances(&self.cx.check_pool)
             .await?
             .into_iter()
-            .map(|(id, b)| (id, b.0))
+            .map(|(id, balance)| (id, balance.0))
             .collect();
         for (k, uid) in user_ids.iter().enumerate() {
             let have = balances.get(uid).copied().unwrap_or(0);

@@ -175,7 +175,7 @@ fn authenticate(
             ..Answer::fail(N::IpDenied, "IP不在白名单")
         });
     }
-    let Some(cfg) = st.orders.pay_config() else {
+    let Some(cfg) = st.orders.pay_credentials() else {
         tracing::warn!(
             reason = "not_configured",
             "notification refused: WeChat Pay is not configured"
@@ -192,7 +192,7 @@ fn authenticate(
             Answer::fail(N::Malformed, "报文读取失败")
         }
     })?;
-    let n = notify::parse(&body, &cfg.credentials).map_err(|e| {
+    let n = notify::parse(&body, cfg).map_err(|e| {
         tracing::warn!(client_ip = %ip, reason = e.outcome().as_str(), error = %e, "notification refused");
         Answer::fail(e.outcome(), e.reply_msg())
     })?;

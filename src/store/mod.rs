@@ -289,8 +289,8 @@ impl DbPool {
             cfg.custom_setup = Box::new(sqlite_setup);
             let mgr = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path, cfg);
             // No `SELECT 1` at every checkout: a local file connection does not go stale
-            // the way a network one does, and on the single writer that check was one more
-            // blocking hand-over inside every write's turn.
+            // the way a network one does, and the check would be one more blocking hand-over
+            // per read.
             Pool::builder()
                 .max_size(n)
                 .connection_timeout(std::time::Duration::from_secs(10))
