@@ -29,6 +29,12 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8090")]
         bind: SocketAddr,
+        /// Also serve over TLS here (refunds need a client certificate, hence TLS).
+        #[arg(long, requires = "tls_dir")]
+        tls_bind: Option<SocketAddr>,
+        /// Where the TLS listener writes ca.pem, apiclient_cert.pem and apiclient_key.pem.
+        #[arg(long, requires = "tls_bind")]
+        tls_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -126,12 +132,19 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Command::Sandbox { bind } => {
+            Command::Sandbox {
+                bind,
+                tls_bind,
+                tls_dir,
+            } => {
                 let cfg = match &settings {
                     Ok(s) => coinpay::startup::sandbox_config_from(s),
                     Err(e) => return config_error_ref(e),
                 };
-                match coinpay::sandbox::run_standalone(bind, cfg).await {
+                let tls = tls_bind
+                    .zip(tls_dir)
+                    .map(|(bind, dir)| coinpay::sandbox::StandaloneTls { bind, dir });
+                match coinpay::sandbox::run_standalone_with_tls(bind, cfg, tls).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("error: {e}");

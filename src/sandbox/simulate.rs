@@ -5,8 +5,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Sandbox;
-use super::notifier;
-use super::pay::{new_transaction_id, paid_fields};
+use super::notifier::{self, Subject};
+use super::pay::{new_transaction_id, paid_fields, parse_time};
 use super::state::{Faults, SimTradeState};
 use crate::wechat::Params;
 use crate::wechat::client::format_beijing;
@@ -21,6 +21,9 @@ pub(super) struct PayQuery {
     delay_ms: u64,
     #[serde(default = "yes")]
     notify: bool,
+    /// WeChat's `time_end` (`yyyyMMddHHmmss`, Beijing) instead of now: a payment just before
+    /// midnight, or on the day a bill is asked for.
+    time_end: Option<String>,
 }
 
 fn yes() -> bool {
@@ -37,6 +40,12 @@ pub(super) async fn pay(
 ) -> HttpResponse {
     let out_trade_no = path.into_inner();
     let cfg = sb.config().clone();
+    if let Some(t) = q.time_end.as_deref()
+        && parse_time(t).is_none()
+    {
+        return HttpResponse::BadRequest()
+            .json(json!({ "error": "time_end must be yyyyMMddHHmmss", "time_end": t }));
+    }
     let delivery = {
         let mut st = sb.state();
         let Some(order) = st.orders.get_mut(&out_trade_no) else {
@@ -51,7 +60,11 @@ pub(super) async fn pay(
         if newly_paid {
             order.trade_state = SimTradeState::Success;
             order.transaction_id = Some(new_transaction_id());
-            order.time_end = Some(format_beijing(chrono::Utc::now()));
+            order.time_end = Some(
+                q.time_end
+                    .clone()
+                    .unwrap_or_else(|| format_beijing(chrono::Utc::now())),
+            );
         }
         let tx = order.transaction_id.clone().unwrap_or_default();
         let mut fields: Params = paid_fields(order);
@@ -84,7 +97,7 @@ pub(super) async fn pay(
         let xml = build_notification(&f, &cfg.api_key, sign_type, cfg.notify_sign_type_field);
         notifier::spawn_chain(
             sb.get_ref().clone(),
-            out_trade_no.clone(),
+            Subject::Order(out_trade_no.clone()),
             url.clone(),
             xml,
             std::time::Duration::from_millis(q.delay_ms),

@@ -72,4 +72,7 @@ pub(super) struct State {
     pub attempts: u64,
     pub acknowledged: u64,
     pub pending_chains: u64,
+    /// Refunds, their faults and notification counters (`refund.rs`).
+    pub refunds: super::refund::RefundBook,
+    pub bill_faults: super::bill::BillFaults,
 }

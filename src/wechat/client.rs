@@ -1,4 +1,6 @@
 //! HTTP client for unifiedorder / orderquery / closeorder (§2, §5, §6) and jscode2session (§7).
+//! Refunds (`refund.rs`) and bills (`bill.rs`) add their calls in `impl WechatClient` blocks of
+//! their own; TLS settings (client certificate, extra root) come from `tls.rs`.
 //!
 //! The returned futures are `!Send` (awc): run them on an actix/tokio local runtime, as actix
 //! handlers and actors do.
@@ -12,6 +14,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 
 use super::Params;
 use super::sign::{self, SignType};
+use super::tls::{Channel, PayTls};
 use super::xml::{self, MAX_BODY};
 
 #[derive(Clone)]
@@ -50,7 +53,8 @@ impl std::fmt::Debug for WechatConfig {
     }
 }
 
-/// `(api, outcome, latency)`: api is unifiedorder|orderquery|closeorder|jscode2session, outcome
+/// `(api, outcome, latency)`: api is unifiedorder|orderquery|closeorder|jscode2session|refund|
+/// refundquery|downloadbill, outcome
 /// is ok|business_error|bad_signature|transport_error|timeout|protocol_error. Called once per
 /// public call (after retries), with the total latency.
 pub type CallObserver = Arc<dyn Fn(&'static str, &'static str, Duration) + Send + Sync>;
@@ -230,6 +234,8 @@ fn backoff(attempt: u32) -> Duration {
 pub struct WechatClient {
     cfg: Arc<WechatConfig>,
     observer: Option<CallObserver>,
+    /// None: the thread's default client (webpki roots, no client certificate).
+    tls: Option<PayTls>,
 }
 
 impl std::fmt::Debug for WechatClient {
@@ -237,6 +243,7 @@ impl std::fmt::Debug for WechatClient {
         f.debug_struct("WechatClient")
             .field("cfg", &self.cfg)
             .field("observer", &self.observer.is_some())
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -247,6 +254,27 @@ impl WechatClient {
         WechatClient {
             cfg: Arc::new(cfg),
             observer: None,
+            tls: None,
+        }
+    }
+
+    /// Every WeChat Pay call goes through `tls` (extra root); refunds need its client certificate.
+    pub fn with_tls(mut self, tls: PayTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Whether `secapi/pay/refund` can be called (a client certificate is loaded).
+    pub fn refunds_enabled(&self) -> bool {
+        self.tls.as_ref().is_some_and(PayTls::has_client_cert)
+    }
+
+    /// The awc client for `channel`; NotConfigured for the certificate channel without one.
+    pub(super) fn http(&self, channel: Channel) -> Result<awc::Client, WechatError> {
+        match (&self.tls, channel) {
+            (Some(tls), ch) => tls.client(ch).ok_or(WechatError::NotConfigured),
+            (None, Channel::Plain) => Ok(http_client()),
+            (None, Channel::ClientCert) => Err(WechatError::NotConfigured),
         }
     }
 
@@ -381,7 +409,7 @@ impl WechatClient {
         .await
     }
 
-    async fn observed<T>(
+    pub(super) async fn observed<T>(
         &self,
         api: &'static str,
         fut: impl Future<Output = Result<T, WechatError>>,
@@ -413,7 +441,18 @@ impl WechatClient {
         api: &'static str,
         path: &str,
         out_trade_no: &str,
+        fields: Params,
+    ) -> Result<Params, WechatError> {
+        self.pay_call_via(Channel::Plain, api, path, out_trade_no, fields)
+            .await
+    }
+
+    /// The request envelope of every pay API: appid, mch_id, nonce_str, sign_type (HMAC only:
+    /// absent means MD5 to WeChat, §1.2) and sign over all of it.
+    pub(super) fn signed_request(
+        &self,
         mut fields: Params,
+        nonce: String,
     ) -> Result<Params, WechatError> {
         let c = &self.cfg;
         if c.app_id.is_empty() || c.mch_id.is_empty() || c.api_key.is_empty() {
@@ -421,25 +460,47 @@ impl WechatClient {
         }
         fields.insert("appid".into(), c.app_id.clone());
         fields.insert("mch_id".into(), c.mch_id.clone());
-        fields.insert("nonce_str".into(), sign::nonce());
+        fields.insert("nonce_str".into(), nonce);
         if c.sign_type == SignType::HmacSha256 {
-            // Absent means MD5 to WeChat (§1.2).
             fields.insert("sign_type".into(), c.sign_type.as_str().into());
         }
         let s = sign::sign(&fields, &c.api_key, c.sign_type);
         fields.insert("sign".into(), s);
+        Ok(fields)
+    }
+
+    /// `pay_api_base` + `path`.
+    pub(super) fn pay_url(&self, path: &str) -> String {
+        format!("{}{}", self.cfg.pay_api_base.trim_end_matches('/'), path)
+    }
+
+    /// [`Self::pay_call`] over `channel` (secapi/* needs the client certificate).
+    pub(super) async fn pay_call_via(
+        &self,
+        channel: Channel,
+        api: &'static str,
+        path: &str,
+        key: &str,
+        fields: Params,
+    ) -> Result<Params, WechatError> {
+        let c = &self.cfg;
+        let fields = self.signed_request(fields, sign::nonce())?;
+        let client = self.http(channel)?;
         let body = Bytes::from(xml::encode(&fields));
-        let url = format!("{}{}", c.pay_api_base.trim_end_matches('/'), path);
+        let url = self.pay_url(path);
         let mut attempt = 0u32;
         loop {
-            let r = match self.send(Some(body.clone()), &url).await {
+            let r = match self
+                .send_via(&client, Some(body.clone()), &url, MAX_BODY)
+                .await
+            {
                 Ok(resp) => self.check_pay_response(&resp),
                 Err(e) => Err(e),
             };
             match r {
                 Err(e) if e.retryable() && attempt < c.max_retries => {
                     attempt += 1;
-                    tracing::warn!(api, out_trade_no, attempt, error = %e, "retrying with identical parameters");
+                    tracing::warn!(api, key, attempt, error = %e, "retrying with identical parameters");
                     actix_rt::time::sleep(backoff(attempt)).await;
                 }
                 other => return other,
@@ -447,10 +508,22 @@ impl WechatClient {
         }
     }
 
-    /// POST (with body) or GET; the whole exchange is bounded by `timeout`.
+    /// POST (with body) or GET; the whole exchange is bounded by `timeout`. The extra root of
+    /// [`PayTls`] only adds trust, so jscode2session may use the same client.
     async fn send(&self, body: Option<Bytes>, url: &str) -> Result<Bytes, WechatError> {
+        let client = self.http(Channel::Plain)?;
+        self.send_via(&client, body, url, MAX_BODY).await
+    }
+
+    /// [`Self::send`] through `client`, reading at most `limit` bytes of body.
+    pub(super) async fn send_via(
+        &self,
+        client: &awc::Client,
+        body: Option<Bytes>,
+        url: &str,
+        limit: usize,
+    ) -> Result<Bytes, WechatError> {
         let timeout = self.cfg.timeout;
-        let client = http_client();
         let exchange = async {
             let req = match body {
                 Some(_) => client
@@ -468,7 +541,7 @@ impl WechatClient {
                 other => WechatError::Transport(other.to_string()),
             })?;
             let status = resp.status();
-            let bytes = resp.body().limit(MAX_BODY).await.map_err(|e| match e {
+            let bytes = resp.body().limit(limit).await.map_err(|e| match e {
                 awc::error::PayloadError::Overflow => {
                     WechatError::Protocol("response body too large".into())
                 }
