@@ -8,6 +8,7 @@ pub mod http;
 pub mod metrics;
 pub mod order;
 pub mod redis;
+pub mod refund;
 pub mod sandbox;
 pub mod service;
 pub mod startup;
