@@ -17,10 +17,13 @@ use crate::order::number::OrderNumbers;
 use crate::order::registry::OrderRegistry;
 use crate::order::sweeper::{self, SweepConfig, SweeperActor};
 use crate::redis::{RedisError, redis_pool};
-use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::sandbox::{Sandbox, SandboxConfig, SandboxTls, serve_tls};
 use crate::service::orders::OrderService;
+use crate::service::refund_poller;
+use crate::service::refunds::RefundService;
 use crate::store::{self, DbPool};
 use crate::wechat::client::{CallObserver, WechatClient, WechatConfig};
+use crate::wechat::tls::PayTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -84,6 +87,46 @@ fn apply_sandbox(settings: &mut Settings, addr: SocketAddr) -> SandboxConfig {
         ]);
     }
     sandbox_config_from(settings)
+}
+
+/// The TLS settings of every WeChat Pay call: the configured client certificate and extra
+/// root (a bad or half-configured pair stops start-up naming the variable), or, for
+/// `serve --sandbox` without them, the simulator's own: it then also listens over TLS on a
+/// free loopback port with a generated test CA and merchant certificate, and every pay call
+/// goes there, so that refunds work with no configuration.
+fn pay_tls(
+    settings: &mut Settings,
+    sandbox: Option<&Sandbox>,
+) -> Result<Option<PayTls>, StartupError> {
+    let w = &settings.wechat;
+    let configured = w.cert_path.is_some() || w.key_path.is_some() || w.ca_path.is_some();
+    if configured {
+        let tls = PayTls::from_paths(
+            w.cert_path.as_deref(),
+            w.key_path.as_deref(),
+            w.ca_path.as_deref(),
+        )
+        .map_err(|e| crate::config::ConfigError {
+            var: e.variable(),
+            problem: e.to_string(),
+        })?;
+        return Ok(Some(tls));
+    }
+    let Some(sb) = sandbox else {
+        return Ok(None);
+    };
+    let material = SandboxTls::generate(&sb.config().mch_id).map_err(std::io::Error::other)?;
+    let (server, addr) = serve_tls(SocketAddr::from(([127, 0, 0, 1], 0)), sb.clone(), &material)?;
+    actix_rt::spawn(server);
+    let identity = material
+        .merchant_identity()
+        .map_err(std::io::Error::other)?;
+    let tls = PayTls::new(&[material.ca_der()], Some(&identity)).map_err(std::io::Error::other)?;
+    if settings.wechat.pay_api_base.ends_with("/sandbox") {
+        settings.wechat.pay_api_base = format!("https://{addr}");
+    }
+    tracing::info!(%addr, "sandbox: WeChat Pay over TLS with a generated test CA (refunds enabled)");
+    Ok(Some(tls))
 }
 
 fn wechat_config(s: &Settings) -> WechatConfig {
@@ -158,7 +201,17 @@ impl Application {
                 m.wechat_call(api, outcome, elapsed.as_secs_f64())
             })
         };
-        let client = WechatClient::new(wechat_config(&settings)).with_observer(observer);
+        let sandbox_app = sandbox_cfg.map(Sandbox::new);
+        let tls = pay_tls(&mut settings, sandbox_app.as_ref())?;
+        let mut client = WechatClient::new(wechat_config(&settings)).with_observer(observer);
+        if let Some(tls) = tls {
+            client = client.with_tls(tls);
+        }
+        if !client.refunds_enabled() {
+            tracing::warn!(
+                "WECHAT_PAY_CERT_PATH/WECHAT_PAY_KEY_PATH are not set: refunds are disabled"
+            );
+        }
         let pay = settings.wechat.pay_complete().then(|| client.clone());
         let service_pay = pay.clone();
         let login = settings.wechat.login_complete().then_some(client);
@@ -190,7 +243,15 @@ impl Application {
                 crate::wechat::sign::nonce().into_bytes()
             }
         };
+        let refunds = Arc::new(RefundService::new(
+            db.clone(),
+            service_pay.clone(),
+            settings.wechat.refund_notify_url(),
+            settings.wechat.refund_poll_after_secs,
+            metrics.clone(),
+        ));
         let state = web::Data::new(AppState {
+            refunds: refunds.clone(),
             settings: settings.clone(),
             db: db.clone(),
             redis,
@@ -214,6 +275,7 @@ impl Application {
             batch_size: settings.sweep_batch_size,
             concurrency: settings.sweep_concurrency,
         };
+        refund_poller::spawn(sweep_cfg.clone(), db.clone(), refunds);
         let sweeper = SweeperActor::new(
             sweep_cfg,
             registry,
@@ -224,7 +286,6 @@ impl Application {
         .start();
 
         let metrics_here = settings.metrics_bind_addr.is_none();
-        let sandbox_app = sandbox_cfg.map(Sandbox::new);
         let app_state = state.clone();
         let server = HttpServer::new(move || {
             let sandbox_app = sandbox_app.clone();

@@ -12,6 +12,10 @@ use crate::{with_read, with_write};
 pub const KIND_RECHARGE: &str = "recharge";
 pub const KIND_CONSUME: &str = "consume";
 pub const KIND_ADJUST: &str = "adjust";
+/// Coins taken back when a refund is reserved (request_id = the refund_no, order_no NULL).
+pub const KIND_REFUND: &str = "refund";
+/// Coins given back when a reserved refund's money will never move (request_id = refund_no).
+pub const KIND_REFUND_REVERSAL: &str = "refund_reversal";
 
 #[derive(Queryable, Selectable, Serialize, Clone, Debug, PartialEq, Eq)]
 #[diesel(table_name = l, check_for_backend(diesel::mysql::Mysql, diesel::sqlite::Sqlite))]
