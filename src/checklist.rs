@@ -156,6 +156,16 @@ pub async fn run(settings: Result<Settings, ConfigError>) -> Vec<Item> {
         ),
         (Some(list), true) => Item::new(Mark::Ok, false, "WECHAT_PAY_IP_WHITELIST 已配置", format!("{} ranges, covering WeChat's current callback ranges", list.len())),
     });
+    items.push(refund_certificate_item(w));
+    items.push(match w.refund_notify_url() {
+        Some(u) => Item::new(Mark::Ok, false, "WECHAT_PAY_REFUND_NOTIFY_URL 已配置", u),
+        None => Item::new(
+            Mark::Skip,
+            false,
+            "WECHAT_PAY_REFUND_NOTIFY_URL 已配置",
+            "not set and no WECHAT_PAY_NOTIFY_URL to derive it from",
+        ),
+    });
     items.push(Item::new(
         Mark::Skip,
         false,
@@ -272,6 +282,39 @@ pub async fn run(settings: Result<Settings, ConfigError>) -> Vec<Item> {
         });
     }
     items
+}
+
+/// 退款证书: WECHAT_PAY_CERT_PATH + WECHAT_PAY_KEY_PATH (and WECHAT_PAY_CA_PATH) load as a
+/// matching pair; absent both, refunds are disabled (optional).
+fn refund_certificate_item(w: &crate::config::WechatSettings) -> Item {
+    const TITLE: &str = "WECHAT_PAY_CERT_PATH/WECHAT_PAY_KEY_PATH 退款证书已配置";
+    if w.cert_path.is_none() && w.key_path.is_none() && w.ca_path.is_none() {
+        return Item::new(
+            Mark::Skip,
+            false,
+            TITLE,
+            "not set: refunds are disabled (503 refunds_disabled)",
+        );
+    }
+    match crate::wechat::tls::PayTls::from_paths(
+        w.cert_path.as_deref(),
+        w.key_path.as_deref(),
+        w.ca_path.as_deref(),
+    ) {
+        Ok(t) if t.has_client_cert() => Item::new(
+            Mark::Ok,
+            false,
+            TITLE,
+            "client certificate and key load and match: refunds enabled",
+        ),
+        Ok(_) => Item::new(
+            Mark::Skip,
+            false,
+            TITLE,
+            "only WECHAT_PAY_CA_PATH is set: refunds are disabled",
+        ),
+        Err(e) => Item::new(Mark::Bad, true, TITLE, format!("{}: {e}", e.variable())),
+    }
 }
 
 fn backend(s: &Settings) -> &'static str {
