@@ -7,7 +7,7 @@
 #
 # Builds in release mode (cargo bench), starts a private MariaDB (only when measuring it) and
 # Redis on free loopback ports in a fresh temp dir (scripts/services.sh, like scripts/test.sh),
-# runs benches/coinpay_bench.rs with --bench (it starts `target/release/coinpay serve --sandbox`
+# runs benches/coinpay_bench/ with --bench (it starts `target/release/coinpay serve --sandbox`
 # itself on 127.0.0.1:0, restarts it once, stops it), stops the servers and prints one table.
 # The report is also written to target/bench-report.md. Exit status: the benchmark's (non-zero on
 # an error reply or a ledger invariant violation).
@@ -17,9 +17,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 SERVICES=$ROOT/scripts/services.sh
-TMP_BASE=${TMPDIR:-/tmp}
-
-say() { printf '[bench.sh %s] %s\n' "$(date +%T)" "$*" >&2; }
+SAY_TAG=bench.sh
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 BACKEND=both
 case ${1:-} in
@@ -30,34 +30,20 @@ esac
 [[ ${1:-} == -- ]] && shift
 EXTRA=("$@")
 
-random_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
 SVC_DIR=
 # shellcheck disable=SC2317  # (called through the trap)
 cleanup() {
-  local rc=$?
-  trap - EXIT
-  trap '' INT TERM HUP
-  set +e
   if [[ -n $SVC_DIR && -d $SVC_DIR ]]; then
     SVC_DIR=$SVC_DIR bash "$SERVICES" clean 2>&1 | sed 's/^/  /' >&2
   fi
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+on_exit cleanup
 
 say "building (release): cargo bench --bench coinpay_bench --no-run"
 cargo bench --bench coinpay_bench --no-run
 
 bash "$SERVICES" install
-SVC_DIR=$(mktemp -d "$TMP_BASE/coinpay-bench.XXXXXX")
-echo $$ >"$SVC_DIR/owner.pid"
-touch "$SVC_DIR/.coinpay-svc"
+make_svc_dir coinpay-bench
 export SVC_DIR
 REDIS_PORT=$(random_port)
 MY_PORT=$(random_port)

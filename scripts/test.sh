@@ -39,6 +39,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 SERVICES=$ROOT/scripts/services.sh
+SAY_TAG=test.sh
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 CARGO_CMD=${COINPAY_TEST_CARGO:-cargo}
 PYENV_DIR=$ROOT/target/pyenv
 PY_REQS=(wechatpy==1.8.18 cryptography)
@@ -51,8 +54,6 @@ if [[ ${CI:-} == true || ${COINPAY_REQUIRE_SERVICES:-} == 1 ]]; then STRICT=1; f
 if ((STRICT)); then export COINPAY_REQUIRE_SERVICES=1; fi
 if [[ ${CI:-} == true ]]; then export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}; fi
 
-say() { printf '[test.sh %s] %s\n' "$(date +%T)" "$*" >&2; }
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 warn_loud() {
   {
     echo
@@ -71,12 +72,6 @@ missing() {
   fi
   warn_loud "$*"
 }
-alive() { # not a zombie (PID 1 here reaps orphans late)
-  local stat
-  [[ ${1:-} =~ ^[0-9]+$ ]] && stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [[ ${stat:0:1} != Z && ${stat:0:1} != X ]]
-}
 
 # ---------------------------------------------------------------------------------------------
 # Cleanup: always stop this run's servers and remove its temp dir.
@@ -85,10 +80,7 @@ CARGO_RC=
 CARGO_STARTED=0
 # shellcheck disable=SC2317  # (called through the trap)
 cleanup() {
-  local rc=$?
-  trap - EXIT
-  trap '' INT TERM HUP          # a second Ctrl-C must not interrupt the shutdown
-  set +e
+  local rc=$1
   if [[ -n $SVC_DIR && -d $SVC_DIR ]]; then
     if [[ ${COINPAY_KEEP_SVC:-} == 1 ]]; then
       say "COINPAY_KEEP_SVC=1: leaving the servers running in $SVC_DIR (stop: SVC_DIR=$SVC_DIR $SERVICES clean)"
@@ -125,12 +117,8 @@ cleanup() {
   elif [[ $rc != 0 ]]; then
     say "FAILED (exit $rc) before cargo test ran"
   fi
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+on_exit cleanup
 
 # Servers of earlier runs that were killed hard (kill -9 of this script): their owner is gone.
 for d in "$TMP_BASE"/coinpay-test.*; do
@@ -149,6 +137,10 @@ if ! bash "$SERVICES" install; then
   missing "could not install MariaDB/Redis (scripts/services.sh install failed)"
 fi
 say "install check: $(( $(now_ms) - t0 )) ms"
+# >>> browser for tests/console.rs (scripts/browser.sh: Debian's chromium + chromium-driver)
+if bash "$ROOT/scripts/browser.sh" install; then eval "$(bash "$ROOT/scripts/browser.sh" env)"
+else missing "could not install chromium/chromium-driver (scripts/browser.sh install failed)"; fi
+# <<< browser
 
 # ---------------------------------------------------------------------------------------------
 # 2. Python venv with wechatpy (reused between runs; rebuilt when missing, broken or outdated).
@@ -205,23 +197,6 @@ say "venv check: $(( $(now_ms) - t0 )) ms"
 
 # ---------------------------------------------------------------------------------------------
 # 3. Start the servers in a fresh temp dir on free loopback ports.
-# port_free PORT -> exit 0 if 127.0.0.1:PORT can be bound; random_port -> a currently free port.
-port_free() {
-  python3 - "$1" <<'PY'
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-try:
-    s.bind(("127.0.0.1", int(sys.argv[1])))
-except OSError:
-    sys.exit(1)
-finally:
-    s.close()
-PY
-}
-random_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
 pick_port() { # preferred
   if port_free "$1"; then echo "$1"; else random_port; fi
 }
@@ -242,9 +217,7 @@ start_svc() {
 MYSQL_OK=0
 REDIS_OK=0
 if ((SERVICES_OK)); then
-  SVC_DIR=$(mktemp -d "$TMP_BASE/coinpay-test.XXXXXX")
-  echo $$ >"$SVC_DIR/owner.pid"
-  touch "$SVC_DIR/.coinpay-svc"
+  make_svc_dir coinpay-test
   MY_PORT=${MY_PORT:-$(pick_port 13306)}
   REDIS_PORT=${REDIS_PORT:-$(pick_port 16379)}
   [[ $REDIS_PORT != "$MY_PORT" ]] || REDIS_PORT=$(random_port)
@@ -296,7 +269,7 @@ DEPLOY_RC=$?
 set -e
 case $DEPLOY_RC in
   0) ;;
-  2) missing "promtool (Debian package prometheus) is not available: deploy/ checks skipped" ;;
+  2) missing "a tool of scripts/check-deploy.sh (promtool, nginx, docker-compose, hadolint...) is not available: some deploy/ checks skipped" ;;
   *) say "FATAL: scripts/check-deploy.sh failed (exit $DEPLOY_RC)"; exit 1 ;;
 esac
 say "deploy checks: $(( $(now_ms) - t0 )) ms"

@@ -151,7 +151,6 @@ impl From<WechatError> for AppError {
     fn from(e: WechatError) -> Self {
         let is_final = e.is_final();
         match e {
-            WechatError::NotConfigured => AppError::PaymentUnavailable,
             WechatError::Login { errcode, errmsg } if is_final => {
                 AppError::LoginRejected { errcode, errmsg }
             }
@@ -201,13 +200,13 @@ impl From<RefundError> for AppError {
             RefundError::Storage(s) => AppError::Storage(s),
             RefundError::Refused(r) => match r {
                 ReserveRefusal::OrderNotFound => AppError::NotFound("order"),
-                ReserveRefusal::NotPaid(status) => AppError::OrderNotPaid(status),
+                ReserveRefusal::NotPaid(status) => AppError::OrderNotPaid(status.to_string()),
                 ReserveRefusal::Amount(a) => AppError::validation("refund_fen", a.to_string()),
                 ReserveRefusal::TooManyRefunds => AppError::TooManyRefunds,
                 ReserveRefusal::Overdue => AppError::RefundOverdue,
                 ReserveRefusal::Insufficient { balance, coins } => AppError::InsufficientBalance {
-                    balance,
-                    requested: coins,
+                    balance: balance.0,
+                    requested: coins.0,
                 },
             },
         }

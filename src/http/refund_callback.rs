@@ -127,7 +127,7 @@ fn authenticate(
         tracing::warn!(client_ip = %ip, reason = "ip_denied", "refund notification refused: address not in WECHAT_PAY_IP_WHITELIST");
         return Err((StatusCode::FORBIDDEN, Some("IP不在白名单"), "ip_denied"));
     }
-    let Some(cfg) = st.refunds.pay_config() else {
+    let Some(cfg) = st.refunds.credentials() else {
         return Err((StatusCode::OK, Some("支付未配置"), "malformed"));
     };
     let body = body.map_err(|e| match e.as_error::<PayloadError>() {
@@ -152,9 +152,9 @@ mod tests {
             refund_no: "RF1".into(),
             order_no: "CR1".into(),
             user_id: 1,
-            refund_fen: 100,
-            coins: 10,
-            status: "succeeded".into(),
+            refund_fen: crate::money::Fen(100),
+            coins: crate::money::Coins(10),
+            status: crate::refund::state::RefundStatus::Succeeded,
             reason: "r".into(),
             request_id: "q".into(),
             wechat_refund_id: None,

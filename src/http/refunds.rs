@@ -10,6 +10,8 @@ use super::auth::AdminCaller;
 use super::internal::{int_field, str_field};
 use super::views::time;
 use crate::error::AppError;
+use crate::money::{Coins, Fen};
+use crate::refund::state::RefundStatus;
 use crate::service::refunds::{MAX_REASON_CHARS, MAX_REQUEST_ID, RefundInput};
 use crate::store::refunds::RefundRow;
 
@@ -24,9 +26,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub struct RefundView {
     pub refund_no: String,
     pub order_no: String,
-    pub refund_fen: i64,
-    pub coins: i64,
-    pub status: String,
+    pub refund_fen: Fen,
+    pub coins: Coins,
+    pub status: RefundStatus,
     pub reason: String,
     pub request_id: String,
     pub wechat_refund_id: Option<String>,
@@ -43,7 +45,7 @@ impl From<&RefundRow> for RefundView {
             order_no: r.order_no.clone(),
             refund_fen: r.refund_fen,
             coins: r.coins,
-            status: r.status.clone(),
+            status: r.status,
             reason: r.reason.clone(),
             request_id: r.request_id.clone(),
             wechat_refund_id: r.wechat_refund_id.clone(),

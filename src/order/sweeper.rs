@@ -1,20 +1,22 @@
 //! The timeout sweeper. On ORDER_SWEEP_CRON it takes the `sweeper` lease (ShedLock-style, so
-//! one instance sweeps at a time), then sends Timeout to the actor of every unpaid order past
-//! its expiry. Runs never overlap; the lease is renewed between batches.
+//! one instance sweeps at a time), then sends Check to the actor of every unpaid order past its
+//! expiry. Runs never overlap; the lease is renewed in the background while a run lasts.
+//!
+//! It is one task, stopped through a cancellation token: at shutdown the token is cancelled,
+//! the run in progress stops after its current orders, the task gives the lease back (so that
+//! another instance can take over at once) and ends, and whoever stopped it awaits its handle.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use actix::prelude::*;
 use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 use super::actor::{Check, OrderError, Outcome};
 use super::registry::OrderRegistry;
 use super::state::{OrderStatus, Stay};
 use crate::metrics::Metrics;
 use crate::store::{DbPool, leases, now_ms, orders};
-
 pub const LEASE_NAME: &str = "sweeper";
 /// Batches per run: a backlog larger than this is finished by the next runs.
 const MAX_BATCHES: usize = 50;
@@ -28,16 +30,6 @@ pub struct SweepConfig {
     pub concurrency: usize,
 }
 
-pub struct SweeperActor {
-    cfg: SweepConfig,
-    registry: OrderRegistry,
-    db: DbPool,
-    metrics: Arc<Metrics>,
-    running: Arc<AtomicBool>,
-    /// Set at shutdown: the run in progress stops after its current orders.
-    stopping: Arc<AtomicBool>,
-}
-
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
     pub looked_at: u64,
@@ -47,95 +39,76 @@ pub struct SweepReport {
     pub failed: u64,
 }
 
-impl SweeperActor {
-    pub fn new(
+/// The running sweeper: its task, and the token that stops it.
+pub struct Sweeper {
+    cancel: CancellationToken,
+    task: actix_rt::task::JoinHandle<()>,
+}
+
+impl Sweeper {
+    /// Starts the sweeper's task on the current actix runtime (the order actors it wakes start
+    /// on this thread).
+    pub fn start(
         cfg: SweepConfig,
         registry: OrderRegistry,
         db: DbPool,
         metrics: Arc<Metrics>,
-        stopping: Arc<AtomicBool>,
-    ) -> Self {
-        SweeperActor {
+    ) -> Sweeper {
+        let cancel = CancellationToken::new();
+        let task = actix_rt::spawn(sweep_on_schedule(
             cfg,
             registry,
             db,
             metrics,
-            running: Arc::new(AtomicBool::new(false)),
-            stopping,
-        }
+            cancel.clone(),
+        ));
+        Sweeper { cancel, task }
     }
 
-    fn schedule_next(&self, ctx: &mut Context<Self>) {
-        let Some(next) = self.cfg.schedule.upcoming(chrono::Utc).next() else {
+    /// Stops sweeping and waits until the run in progress has stopped after its current orders
+    /// and the lease is given back.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the sweeper task failed");
+        }
+    }
+}
+
+async fn sweep_on_schedule(
+    cfg: SweepConfig,
+    registry: OrderRegistry,
+    db: DbPool,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    tracing::info!(holder = %cfg.holder, "sweeper started");
+    loop {
+        let Some(next) = cfg.schedule.upcoming(chrono::Utc).next() else {
             tracing::warn!("ORDER_SWEEP_CRON has no future run; the sweeper is idle");
-            return;
+            cancel.cancelled().await;
+            break;
         };
         let delay = (next - chrono::Utc::now())
             .to_std()
             .unwrap_or(Duration::ZERO);
-        ctx.run_later(delay, |act, ctx| {
-            act.tick(ctx);
-            act.schedule_next(ctx);
-        });
-    }
-
-    fn tick(&mut self, ctx: &mut Context<Self>) {
-        if self.running.load(Ordering::Relaxed) {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let started = chrono::Utc::now();
+        run_once(&cfg, &registry, &db, &metrics, &cancel).await;
+        // The ticks that fell inside this run are skipped, not run late.
+        let now = chrono::Utc::now();
+        for _ in cfg.schedule.after(&started).take_while(|t| *t <= now) {
             tracing::info!("previous sweep still running; skipping this tick");
-            self.metrics.sweeper_run("skipped_overlap");
-            return;
+            metrics.sweeper_run("skipped_overlap");
         }
-        if self.stopping.load(Ordering::Relaxed) {
-            return;
-        }
-        self.running.store(true, Ordering::Relaxed);
-        let job = run_once(
-            self.cfg.clone(),
-            self.registry.clone(),
-            self.db.clone(),
-            self.metrics.clone(),
-            self.stopping.clone(),
-        );
-        let running = self.running.clone();
-        ctx.spawn(
-            job.into_actor(self)
-                .map(move |_, _, _| running.store(false, Ordering::Relaxed)),
-        );
     }
-}
-
-impl Actor for SweeperActor {
-    type Context = Context<Self>;
-    fn started(&mut self, ctx: &mut Self::Context) {
-        tracing::info!(holder = %self.cfg.holder, "sweeper started");
-        self.schedule_next(ctx);
+    if let Err(e) = leases::release(&db, LEASE_NAME, &cfg.holder).await {
+        tracing::warn!(error = %e, "could not release the sweeper lease");
     }
-}
-
-/// Stops sweeping and gives the lease back so another instance can take over at once.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Shutdown;
-
-impl Handler<Shutdown> for SweeperActor {
-    type Result = ResponseFuture<()>;
-    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> Self::Result {
-        self.stopping.store(true, Ordering::Relaxed);
-        let running = self.running.clone();
-        let db = self.db.clone();
-        let holder = self.cfg.holder.clone();
-        let metrics = self.metrics.clone();
-        Box::pin(async move {
-            // The run in progress notices `stopping` after its current orders.
-            while running.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            if let Err(e) = leases::release(&db, LEASE_NAME, &holder).await {
-                tracing::warn!(error = %e, "could not release the sweeper lease");
-            }
-            metrics.sweeper_lease_held.set(0);
-        })
-    }
+    metrics.sweeper_lease_held.set(0);
 }
 
 async fn hold_lease(cfg: &SweepConfig, db: &DbPool) -> Result<bool, crate::store::StoreError> {
@@ -150,15 +123,16 @@ async fn hold_lease(cfg: &SweepConfig, db: &DbPool) -> Result<bool, crate::store
     .await
 }
 
-/// One sweep. Public so tests and the bench can drive it directly.
+/// One sweep, unless another instance holds the lease; it stops after its current orders
+/// once `cancel` is cancelled or the lease is lost.
 pub async fn run_once(
-    cfg: SweepConfig,
-    registry: OrderRegistry,
-    db: DbPool,
-    metrics: Arc<Metrics>,
-    stopping: Arc<AtomicBool>,
+    cfg: &SweepConfig,
+    registry: &OrderRegistry,
+    db: &DbPool,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
 ) -> Option<SweepReport> {
-    match hold_lease(&cfg, &db).await {
+    match hold_lease(cfg, db).await {
         Ok(true) => {
             metrics.sweeper_lease_held.set(1);
         }
@@ -175,27 +149,21 @@ pub async fn run_once(
         }
     }
     // Renewed in the background for as long as the run lasts (slow WeChat calls included); a
-    // lost lease means another instance took over, and this run stops after its current orders.
-    let lost = Arc::new(AtomicBool::new(false));
-    let renew = {
-        let (cfg, db, metrics, lost) = (cfg.clone(), db.clone(), metrics.clone(), lost.clone());
-        async move {
-            loop {
-                tokio::time::sleep(cfg.lease / 3).await;
-                if !matches!(hold_lease(&cfg, &db).await, Ok(true)) {
-                    tracing::warn!("sweeper lease lost mid-run; stopping");
-                    metrics.sweeper_lease_held.set(0);
-                    lost.store(true, Ordering::Relaxed);
-                    return;
-                }
+    // lost lease means another instance took over, and this run stops after its current orders,
+    // as it does at shutdown.
+    let halt = cancel.child_token();
+    let renew = async {
+        loop {
+            tokio::time::sleep(cfg.lease / 3).await;
+            if !matches!(hold_lease(cfg, db).await, Ok(true)) {
+                tracing::warn!("sweeper lease lost mid-run; stopping");
+                metrics.sweeper_lease_held.set(0);
+                halt.cancel();
+                return;
             }
         }
     };
-    let halted = {
-        let (stopping, lost) = (stopping.clone(), lost.clone());
-        move || stopping.load(Ordering::Relaxed) || lost.load(Ordering::Relaxed)
-    };
-    let work = sweep_batches(&cfg, &registry, &db, &halted);
+    let work = sweep_batches(cfg, registry, db, &halt);
     let (report, completed) = {
         let (work, renew) = (std::pin::pin!(work), std::pin::pin!(renew));
         match futures_util::future::select(work, renew).await {
@@ -230,12 +198,12 @@ async fn sweep_batches(
     cfg: &SweepConfig,
     registry: &OrderRegistry,
     db: &DbPool,
-    halted: &(dyn Fn() -> bool + Sync),
+    halt: &CancellationToken,
 ) -> (SweepReport, bool) {
     let mut report = SweepReport::default();
     let mut seen = std::collections::HashSet::new();
     for _ in 0..MAX_BATCHES {
-        if halted() {
+        if halt.is_cancelled() {
             return (report, false);
         }
         let due = match orders::overdue(db, now_ms(), cfg.batch_size as i64).await {
@@ -251,7 +219,7 @@ async fn sweep_batches(
         }
         let results: Vec<_> = futures_util::stream::iter(fresh)
             .map(|order_no| async move {
-                if halted() {
+                if halt.is_cancelled() {
                     return None;
                 }
                 let r = registry.send(&order_no, Check { may_expire: true }).await;
@@ -286,5 +254,5 @@ async fn sweep_batches(
             }
         }
     }
-    (report, !halted())
+    (report, !halt.is_cancelled())
 }

@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use actix_web::{App, HttpServer, web};
+use secrecy::SecretString;
 
 use crate::wechat::Params;
 use crate::wechat::sign::SignType;
@@ -33,12 +34,14 @@ pub use state::Faults;
 use state::State;
 pub use tls::{SandboxTls, SandboxTlsError, SandboxTlsFiles, serve_tls};
 
-#[derive(Clone)]
+/// The simulated merchant and mini-program. Its secrets are `SecretString`s like the service's
+/// own: `serve --sandbox` copies configured credentials into it.
+#[derive(Clone, Debug)]
 pub struct SandboxConfig {
     pub app_id: String,
-    pub app_secret: String,
+    pub app_secret: SecretString,
     pub mch_id: String,
-    pub api_key: String,
+    pub api_key: SecretString,
     /// Notifications use this unless the order's unifiedorder carried an explicit
     /// `sign_type` (then that one, as WeChat does).
     pub sign_type: SignType,
@@ -46,20 +49,6 @@ pub struct SandboxConfig {
     pub time_scale: f64,
     /// Add a `sign_type` field to notifications (real ones usually omit it, §9.2).
     pub notify_sign_type_field: bool,
-}
-
-impl std::fmt::Debug for SandboxConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SandboxConfig")
-            .field("app_id", &self.app_id)
-            .field("app_secret", &"<redacted>")
-            .field("mch_id", &self.mch_id)
-            .field("api_key", &"<redacted>")
-            .field("sign_type", &self.sign_type)
-            .field("time_scale", &self.time_scale)
-            .field("notify_sign_type_field", &self.notify_sign_type_field)
-            .finish()
-    }
 }
 
 impl SandboxConfig {

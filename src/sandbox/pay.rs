@@ -5,6 +5,7 @@ use std::time::Duration;
 use actix_web::{HttpResponse, web};
 use chrono::NaiveDateTime;
 use rand::Rng;
+use secrecy::ExposeSecret;
 
 use super::Sandbox;
 use super::state::{SimOrder, SimTradeState};
@@ -165,7 +166,7 @@ impl Sandbox {
                 msg: "sign_type参数错误".into(),
             })?,
         };
-        let expected = sign::sign(&params, &cfg.api_key, sign_type);
+        let expected = sign::sign(&params, cfg.api_key.expose_secret(), sign_type);
         let got = params.get("sign").map(String::as_str).unwrap_or("");
         if !sign::constant_time_eq(expected.as_bytes(), got.as_bytes()) {
             return Err(Reply::CommFail {
@@ -296,10 +297,10 @@ impl Sandbox {
                     code: "ORDERCLOSED",
                     des: "该订单已关闭".into(),
                 },
-                SimTradeState::NotPay if order.business == business => {
+                SimTradeState::NotPay | SimTradeState::UserPaying if order.business == business => {
                     Reply::Ok(prepay_fields(trade_type, &order.prepay_id))
                 }
-                SimTradeState::NotPay => Reply::BizFail {
+                SimTradeState::NotPay | SimTradeState::UserPaying => Reply::BizFail {
                     code: "OUT_TRADE_NO_USED",
                     des: "商户订单号重复".into(),
                 },
@@ -386,7 +387,9 @@ impl Sandbox {
                 code: "ORDERCLOSED",
                 des: "订单已关闭，无法重复关闭".into(),
             },
-            SimTradeState::NotPay => {
+            // A payment in progress is closed too: the simulator does not shield a merchant
+            // that closes without asking first, so that tests can see one that does.
+            SimTradeState::NotPay | SimTradeState::UserPaying => {
                 // WeChat's 5-minute minimum before closing is not enforced: tests need it fast.
                 order.trade_state = SimTradeState::Closed;
                 let mut f = Params::new();
@@ -432,7 +435,7 @@ impl Sandbox {
             }
         }
         f.insert("nonce_str".into(), sign::nonce());
-        let s = sign::sign(&f, &self.inner.cfg.api_key, v.sign_type);
+        let s = sign::sign(&f, self.inner.cfg.api_key.expose_secret(), v.sign_type);
         f.insert("sign".into(), s);
         xml::encode(&f)
     }

@@ -5,7 +5,9 @@
 //! same amounts answers the same refund and the same number with other amounts is refused;
 //! refunds of an order add up to at most its amount, at most 50 of them, within a year of the
 //! payment. An accepted refund is PROCESSING and then settles (SUCCESS by default) and is
-//! notified with an encrypted `req_info` on the pay notifier's retry schedule.
+//! notified with an encrypted `req_info` on the pay notifier's retry schedule, at the request's
+//! `notify_url` (a refund without one is not notified: WeChat would fall back to the merchant
+//! platform's setting, which the simulator does not have).
 //!
 //! Tests drive it through `/simulate/refunds*`: faults (err_codes, once or N times, before or
 //! after the refund is recorded; settle as REFUNDCLOSE/CHANGE or never; no notification), a
@@ -16,6 +18,7 @@ use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::NaiveDateTime;
+use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -408,7 +411,7 @@ impl Sandbox {
                     build_notification(
                         &r.appid,
                         &cfg.mch_id,
-                        &cfg.api_key,
+                        cfg.api_key.expose_secret(),
                         &sign::nonce(),
                         &notification_info(r),
                     ),

@@ -7,6 +7,13 @@
 //! connection that presented none with WeChat's HTTP 400 "No required SSL certificate was sent".
 //! Nothing here is secret: the material lives as long as the process and is written, for
 //! coinpay and for curl, into a directory of the caller's choosing.
+//!
+//! To use it (as `coinpay sandbox --tls-bind --tls-dir` does, and as `serve --sandbox` can):
+//! [`SandboxTls::generate`], [`SandboxTls::write_files`], then [`serve_tls`] with a clone of the
+//! same [`Sandbox`] that is mounted over plain HTTP (one simulated WeChat, two listeners), and
+//! point `WECHAT_PAY_API_BASE` at `https://{addr}` with the three files as
+//! `WECHAT_PAY_CA_PATH` / `WECHAT_PAY_CERT_PATH` / `WECHAT_PAY_KEY_PATH`. In-process clients can
+//! skip the files: [`SandboxTls::ca_der`] and [`SandboxTls::merchant_identity`].
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -11,16 +11,20 @@
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::metrics::Metrics;
+use crate::money::Fen;
 use crate::refund::state::{
     RefundDecision, RefundEffect, RefundEvent, RefundFacts, RefundStatus, Submission,
     WechatRefundState, transition,
 };
 use crate::store::refunds::{self, NewRefund, RefundRow, ReserveRefusal, Reserved};
 use crate::store::{DbPool, StoreError, now_ms};
-use crate::wechat::client::{WechatClient, WechatError};
+use crate::wechat::client::{PayCredentials, WechatError};
 use crate::wechat::refund::{
-    MAX_REFUND_DESC_CHARS, RefundDisposition, RefundQueryKey, RefundRequest, RefundStatus as Wx,
+    MAX_REFUND_DESC_CHARS, RefundClient, RefundDisposition, RefundQueryKey, RefundRequest,
+    RefundStatus as Wx,
 };
 
 /// Longest `reason` and `request_id` kept (the columns' sizes).
@@ -66,8 +70,8 @@ pub enum Settled {
 
 pub struct RefundService {
     db: DbPool,
-    /// The WeChat Pay client; refunds are enabled when it holds a client certificate.
-    pay: Option<WechatClient>,
+    /// The refund client; it exists only where the merchant's client certificate is loaded.
+    pay: Option<RefundClient>,
     notify_url: Option<String>,
     poll_after_ms: i64,
     metrics: Arc<Metrics>,
@@ -76,7 +80,7 @@ pub struct RefundService {
 impl RefundService {
     pub fn new(
         db: DbPool,
-        pay: Option<WechatClient>,
+        pay: Option<RefundClient>,
         notify_url: Option<String>,
         poll_after_secs: u64,
         metrics: Arc<Metrics>,
@@ -91,12 +95,12 @@ impl RefundService {
     }
 
     pub fn enabled(&self) -> bool {
-        self.pay.as_ref().is_some_and(WechatClient::refunds_enabled)
+        self.pay.is_some()
     }
 
-    /// The configuration refund notifications are authenticated against.
-    pub fn pay_config(&self) -> Option<&crate::wechat::client::WechatConfig> {
-        self.pay.as_ref().map(WechatClient::config)
+    /// The credentials refund notifications are authenticated against.
+    pub fn credentials(&self) -> Option<&PayCredentials> {
+        self.pay.as_ref().map(|p| p.pay().credentials())
     }
 
     /// Creates (or, for a known request_id, answers again) a refund of `order_no`. `true` when
@@ -152,7 +156,7 @@ impl RefundService {
             Err(refusal) => return Err(refusal.into()),
         };
         self.metrics.refund_event("created");
-        tracing::info!(order_no, refund_no = %row.refund_no, refund_fen = row.refund_fen, coins = row.coins, "refund reserved");
+        tracing::info!(order_no, refund_no = %row.refund_no, refund_fen = row.refund_fen.0, coins = row.coins.0, "refund reserved");
         let row = self.submit(row).await?;
         Ok((row, true))
     }
@@ -212,8 +216,8 @@ impl RefundService {
         let mut req = RefundRequest::new(
             &row.order_no,
             &row.refund_no,
-            order.amount_fen,
-            row.refund_fen,
+            order.amount_fen.0,
+            row.refund_fen.0,
         )?
         .refund_desc(&desc)?;
         if let Some(t) = &order.transaction_id {
@@ -237,8 +241,8 @@ impl RefundService {
                 .await?
                 .ok_or(RefundError::NotFound)?;
             let facts = RefundFacts {
-                status: row.status(),
-                refund_fen: row.refund_fen,
+                status: row.status,
+                refund_fen: row.refund_fen.0,
             };
             let decision = transition(&facts, event);
             let RefundDecision::Move { to, effect } = &decision else {
@@ -261,14 +265,14 @@ impl RefundService {
         if to == RefundStatus::Succeeded {
             self.metrics
                 .refunded_fen
-                .inc_by(row.refund_fen.max(0) as u64);
+                .inc_by(row.refund_fen.0.max(0) as u64);
         }
         match effect {
             RefundEffect::MarkAbnormal => {
                 tracing::error!(refund_no = %row.refund_no, order_no = %row.order_no, "refund abnormal (CHANGE): the money did not reach the payer; settle by hand")
             }
             RefundEffect::Reverse { err_code } => {
-                tracing::warn!(refund_no = %row.refund_no, order_no = %row.order_no, status = %to, err_code = ?err_code, coins = row.coins, "refund not made; coins given back")
+                tracing::warn!(refund_no = %row.refund_no, order_no = %row.order_no, status = %to, err_code = ?err_code, coins = row.coins.0, "refund not made; coins given back")
             }
             RefundEffect::Succeed { .. } => {
                 tracing::info!(refund_no = %row.refund_no, order_no = %row.order_no, "refund succeeded")
@@ -289,15 +293,18 @@ impl RefundService {
     /// One poller run: every refund still processing past the interval is asked about with
     /// refundquery and settled by the answer; one WeChat has never heard of (the call was
     /// lost, or we crashed before making it) is sent again with the same out_refund_no.
-    pub async fn poll(&self) -> Result<usize, StoreError> {
+    pub async fn poll(&self, cancel: &CancellationToken) -> Result<usize, StoreError> {
         let Some(pay) = &self.pay else {
             return Ok(0);
         };
         let due = refunds::due(&self.db, now_ms() - self.poll_after_ms, POLL_BATCH).await?;
         let n = due.len();
         for row in due {
+            if cancel.is_cancelled() {
+                break;
+            }
             let key = RefundQueryKey::OutRefundNo(row.refund_no.clone());
-            let result = match pay.refund_query(&key).await {
+            let result = match pay.pay().refund_query(&key).await {
                 Ok(q) => match q.find(&row.refund_no).and_then(result_event) {
                     Some(ev) => self.decide(&row.refund_no, &ev).await.map(|_| ()),
                     None => Ok(()),
@@ -327,7 +334,7 @@ fn replay(
     order_no: &str,
     refund_fen: i64,
 ) -> Result<(RefundRow, bool), RefundError> {
-    if existing.order_no == order_no && existing.refund_fen == refund_fen {
+    if existing.order_no == order_no && existing.refund_fen == Fen(refund_fen) {
         Ok((existing, false))
     } else {
         Err(RefundError::RequestIdConflict)

@@ -1,18 +1,29 @@
 //! Storage: one diesel schema, run on MySQL/MariaDB (mysql_async) or SQLite (bundled), chosen
-//! by DATABASE_URL. Every query is written once; `with_read!`/`with_write!` type-check it for
-//! each backend. The database is the source of truth for every order and every coin.
+//! by DATABASE_URL. The database is the source of truth for every order and every coin.
+//!
+//! Every statement is written once. A read runs through `with_read!`, which type-checks it for
+//! each backend on an async connection. A write is built by a function that returns the
+//! statement (a [`Statement`]: valid on both backends); [`execute`] runs a single one, and a
+//! transaction of several runs them through two small executors, sync diesel on SQLite's writer
+//! thread and diesel-async on MySQL (see `orders::Transition`, `ledger::post`).
 
+pub mod columns;
 pub mod leases;
 pub mod ledger;
 pub mod orders;
 pub mod packages;
 pub mod refunds;
 pub mod schema;
+pub mod stats;
 pub mod users;
 pub mod writer;
 
+#[cfg(test)]
+mod tests;
+
 use diesel::ConnectionError;
 use diesel::connection::SimpleConnection;
+use diesel::query_builder::{QueryFragment, QueryId};
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::bb8::{Pool, RunError};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
@@ -20,6 +31,9 @@ use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
+use secrecy::ExposeSecret;
+
+use crate::config::DbUrl;
 
 pub type SqliteConn = SyncConnectionWrapper<diesel::SqliteConnection>;
 
@@ -57,21 +71,51 @@ impl From<RunError> for StoreError {
     }
 }
 
-/// The pools. SQLite allows one writer at a time, so writes go through a single connection
-/// (serialised in-process, no busy-handler back-off tails) and reads through the others.
-/// Writers queue for that connection first come, first served at `write_gate`: bb8 alone lets a
-/// caller that arrives while the connection is idle take it ahead of those already waiting,
-/// which under load starved some writers for seconds.
+/// The pools. SQLite allows one writer at a time, so every write runs on one connection owned by
+/// the writer thread ([`writer`]), one job after the other in arrival order: writes are
+/// serialised in-process, never meet SQLite's busy handler, and no writer can be starved by
+/// later ones. Reads go through a pool of their own (WAL lets them run beside the writer).
 #[derive(Clone)]
 pub enum DbPool {
     Mysql(MysqlPool),
     Sqlite {
         read: Pool<SqliteConn>,
-        write: Pool<SqliteConn>,
-        write_gate: std::sync::Arc<tokio::sync::Semaphore>,
-        /// Order transitions (see [`writer`]); takes its turn at `write_gate` too.
         writer: writer::Writer,
     },
+}
+
+/// A write statement valid on both backends, so that it is written once: a function builds it,
+/// and either executor runs it.
+pub trait Statement:
+    QueryFragment<diesel::mysql::Mysql> + QueryFragment<diesel::sqlite::Sqlite> + QueryId + Send
+{
+}
+
+impl<T> Statement for T where
+    T: QueryFragment<diesel::mysql::Mysql> + QueryFragment<diesel::sqlite::Sqlite> + QueryId + Send
+{
+}
+
+/// Runs a write statement with sync diesel, on SQLite's writer thread.
+pub fn execute_blocking(
+    stmt: impl Statement,
+    c: &mut diesel::SqliteConnection,
+) -> diesel::QueryResult<usize> {
+    diesel::query_dsl::methods::ExecuteDsl::<_, diesel::sqlite::Sqlite>::execute(stmt, c)
+}
+
+/// Runs one write statement on its own: on MySQL on a checked connection, on SQLite in the
+/// writer's turn. Returns how many rows it changed.
+pub async fn execute(pool: &DbPool, stmt: impl Statement + 'static) -> Result<usize, StoreError> {
+    match pool {
+        DbPool::Mysql(p) => {
+            let mut c = p.get().await?;
+            Ok(diesel_async::RunQueryDsl::execute(stmt, &mut *c).await?)
+        }
+        DbPool::Sqlite { writer, .. } => {
+            Ok(writer.run(move |c| execute_blocking(stmt, c)).await??)
+        }
+    }
 }
 
 /// A MySQL connection from [`MysqlPool`], with the caller's turn.
@@ -173,27 +217,18 @@ pub fn discard(mut c: MysqlConn<'_>) {
     mark_broken(&mut c);
 }
 
-/// A turn at SQLite's write connection, in arrival order (see [`DbPool`]).
-pub async fn write_turn(
-    gate: &tokio::sync::Semaphore,
-) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
-    gate.acquire()
-        .await
-        .map_err(|e| StoreError::Connection(e.to_string()))
-}
-
-/// Runs `$body` with `$conn` bound to a connection of either backend: the body is type-checked
-/// once per backend. `$sqlite` picks the SQLite pool (`read` or `write`); MySQL has one pool.
+/// Runs the read `$body` with `$conn` bound to a connection of either backend: the body is
+/// written once and type-checked once per backend.
 #[macro_export]
-macro_rules! with_conn {
-    ($pool:expr, $sqlite:ident, $conn:ident => $body:expr) => {{
+macro_rules! with_read {
+    ($pool:expr, $conn:ident => $body:expr) => {{
         match $pool {
             $crate::store::DbPool::Mysql(p) => {
                 let mut g = p.get().await?;
                 let $conn = &mut *g;
                 $body
             }
-            $crate::store::DbPool::Sqlite { $sqlite: p, .. } => {
+            $crate::store::DbPool::Sqlite { read: p, .. } => {
                 let mut g = p.get().await?;
                 let $conn = &mut *g;
                 $body
@@ -202,34 +237,8 @@ macro_rules! with_conn {
     }};
 }
 
-/// A read connection of either backend.
-#[macro_export]
-macro_rules! with_read {
-    ($pool:expr, $conn:ident => $body:expr) => {
-        $crate::with_conn!($pool, read, $conn => $body)
-    };
-}
-
-/// A write connection of either backend (on SQLite, the single writer, taken in turn).
-#[macro_export]
-macro_rules! with_write {
-    ($pool:expr, $conn:ident => $body:expr) => {{
-        let _turn = match $pool {
-            $crate::store::DbPool::Sqlite { write_gate, .. } => {
-                Some($crate::store::write_turn(write_gate).await?)
-            }
-            $crate::store::DbPool::Mysql(_) => None,
-        };
-        $crate::with_conn!($pool, write, $conn => $body)
-    }};
-}
-
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-fn sqlite_path(url: &str) -> &str {
-    url.strip_prefix("sqlite://").unwrap_or(url)
 }
 
 /// FULL: a notification is acknowledged only after its commit is on disk.
@@ -251,51 +260,51 @@ fn sqlite_setup(
 }
 
 impl DbPool {
-    pub async fn connect(url: &str, size: u32) -> Result<Self, StoreError> {
-        if url.starts_with("mysql://") {
-            let mgr = AsyncDieselConnectionManager::<AsyncMysqlConnection>::new(url);
-            // Checked by MysqlPool::get instead (see there).
-            let pool = Pool::builder()
-                .max_size(size)
-                .connection_timeout(std::time::Duration::from_secs(5))
+    pub async fn connect(url: &DbUrl, size: u32) -> Result<Self, StoreError> {
+        match url {
+            DbUrl::Mysql(url) => Self::connect_mysql(url.expose_secret(), size).await,
+            DbUrl::Sqlite(path) => Self::connect_sqlite(&path.to_string_lossy(), size).await,
+        }
+    }
+
+    async fn connect_mysql(url: &str, size: u32) -> Result<Self, StoreError> {
+        let mgr = AsyncDieselConnectionManager::<AsyncMysqlConnection>::new(url);
+        // Checked by MysqlPool::get instead (see there).
+        let pool = Pool::builder()
+            .max_size(size)
+            .connection_timeout(std::time::Duration::from_secs(5))
+            .test_on_check_out(false)
+            .build(mgr)
+            .await
+            .map_err(|e| StoreError::Connection(e.to_string()))?;
+        Ok(DbPool::Mysql(MysqlPool {
+            pool,
+            gate: std::sync::Arc::new(tokio::sync::Semaphore::new(size as usize)),
+        }))
+    }
+
+    async fn connect_sqlite(path: &str, size: u32) -> Result<Self, StoreError> {
+        ensure_parent_dir(path)?;
+        let build = |n: u32| {
+            let mut cfg = ManagerConfig::<SqliteConn>::default();
+            cfg.custom_setup = Box::new(sqlite_setup);
+            let mgr = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path, cfg);
+            // No `SELECT 1` at every checkout: a local file connection does not go stale
+            // the way a network one does, and the check would be one more blocking hand-over
+            // per read.
+            Pool::builder()
+                .max_size(n)
+                .connection_timeout(std::time::Duration::from_secs(10))
                 .test_on_check_out(false)
                 .build(mgr)
-                .await
-                .map_err(|e| StoreError::Connection(e.to_string()))?;
-            Ok(DbPool::Mysql(MysqlPool {
-                pool,
-                gate: std::sync::Arc::new(tokio::sync::Semaphore::new(size as usize)),
-            }))
-        } else {
-            let path = sqlite_path(url).to_string();
-            ensure_parent_dir(&path)?;
-            let build = |n: u32| {
-                let mut cfg = ManagerConfig::<SqliteConn>::default();
-                cfg.custom_setup = Box::new(sqlite_setup);
-                let mgr = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(&path, cfg);
-                // No `SELECT 1` at every checkout: a local file connection does not go stale
-                // the way a network one does, and on the single writer that check was one more
-                // blocking hand-over inside every write's turn.
-                Pool::builder()
-                    .max_size(n)
-                    .connection_timeout(std::time::Duration::from_secs(10))
-                    .test_on_check_out(false)
-                    .build(mgr)
-            };
-            let write = build(1)
-                .await
-                .map_err(|e| StoreError::Connection(e.to_string()))?;
-            let read = build(size.max(1))
-                .await
-                .map_err(|e| StoreError::Connection(e.to_string()))?;
-            let write_gate = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
-            Ok(DbPool::Sqlite {
-                read,
-                write,
-                writer: writer::Writer::start(&path, write_gate.clone())?,
-                write_gate,
-            })
-        }
+        };
+        let read = build(size.max(1))
+            .await
+            .map_err(|e| StoreError::Connection(e.to_string()))?;
+        Ok(DbPool::Sqlite {
+            read,
+            writer: writer::Writer::start(path)?,
+        })
     }
 
     pub fn backend(&self) -> &'static str {
@@ -337,81 +346,81 @@ fn ensure_parent_dir(path: &str) -> Result<(), StoreError> {
 /// Applies the embedded migrations of the URL's dialect; returns how many ran (0 on a second
 /// run). Runs on a blocking thread: the migration harness blocks, and actix's runtime is
 /// current-thread.
-pub async fn run_migrations(url: &str) -> Result<usize, StoreError> {
-    let url = url.to_string();
+pub async fn run_migrations(url: &DbUrl) -> Result<usize, StoreError> {
+    let url = url.clone();
     tokio::task::spawn_blocking(move || migrate_blocking(&url))
         .await
         .map_err(|e| StoreError::Migration(e.to_string()))?
 }
 
-fn migrate_blocking(url: &str) -> Result<usize, StoreError> {
+fn migrate_blocking(url: &DbUrl) -> Result<usize, StoreError> {
     let mig = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
-    if url.starts_with("mysql://") {
-        use diesel::Connection;
-        let mut c = <AsyncConnectionWrapper<AsyncMysqlConnection> as Connection>::establish(url)
+    match url {
+        DbUrl::Mysql(url) => {
+            use diesel::Connection;
+            let mut c = <AsyncConnectionWrapper<AsyncMysqlConnection> as Connection>::establish(
+                url.expose_secret(),
+            )
             .map_err(|e| StoreError::Connection(e.to_string()))?;
-        // Instances starting together must not race on DDL (MySQL DDL is not transactional).
-        SimpleConnection::batch_execute(&mut c, "DO GET_LOCK('coinpay_migrations', 120)")?;
-        let r = c.run_pending_migrations(MYSQL_MIGRATIONS).map(|v| v.len());
-        let _ = SimpleConnection::batch_execute(&mut c, "DO RELEASE_LOCK('coinpay_migrations')");
-        r.map_err(mig)
-    } else {
-        use diesel::Connection;
-        let path = sqlite_path(url);
-        ensure_parent_dir(path)?;
-        let mut c = <AsyncConnectionWrapper<SqliteConn> as Connection>::establish(path)
-            .map_err(|e| StoreError::Connection(e.to_string()))?;
-        SimpleConnection::batch_execute(
-            &mut c,
-            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;",
-        )?;
-        c.run_pending_migrations(SQLITE_MIGRATIONS)
-            .map(|v| v.len())
-            .map_err(mig)
+            // Instances starting together must not race on DDL (MySQL DDL is not transactional).
+            SimpleConnection::batch_execute(&mut c, "DO GET_LOCK('coinpay_migrations', 120)")?;
+            let r = c.run_pending_migrations(MYSQL_MIGRATIONS).map(|v| v.len());
+            let _ =
+                SimpleConnection::batch_execute(&mut c, "DO RELEASE_LOCK('coinpay_migrations')");
+            r.map_err(mig)
+        }
+        DbUrl::Sqlite(path) => {
+            use diesel::Connection;
+            let path = path.to_string_lossy();
+            ensure_parent_dir(&path)?;
+            let mut c = <AsyncConnectionWrapper<SqliteConn> as Connection>::establish(&path)
+                .map_err(|e| StoreError::Connection(e.to_string()))?;
+            SimpleConnection::batch_execute(
+                &mut c,
+                "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;",
+            )?;
+            c.run_pending_migrations(SQLITE_MIGRATIONS)
+                .map(|v| v.len())
+                .map_err(mig)
+        }
     }
 }
 
-/// The id of the row this connection inserted last (no RETURNING on MySQL).
-pub trait LastInsertId {
-    const SQL: &'static str;
-}
-impl LastInsertId for AsyncMysqlConnection {
-    const SQL: &'static str = "LAST_INSERT_ID()";
-}
-impl LastInsertId for SqliteConn {
-    const SQL: &'static str = "last_insert_rowid()";
-}
-pub fn last_insert_id_sql<C: LastInsertId>(_: &C) -> &'static str {
-    C::SQL
-}
-
 /// How many embedded migrations have not been applied yet (for check-config).
-pub async fn pending_migrations(url: &str) -> Result<usize, StoreError> {
-    let url = url.to_string();
+pub async fn pending_migrations(url: &DbUrl) -> Result<usize, StoreError> {
+    let url = url.clone();
     tokio::task::spawn_blocking(move || {
         use diesel::Connection;
         let mig =
             |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
-        if url.starts_with("mysql://") {
-            let mut c =
-                <AsyncConnectionWrapper<AsyncMysqlConnection> as Connection>::establish(&url)
+        match &url {
+            DbUrl::Mysql(url) => {
+                let mut c =
+                    <AsyncConnectionWrapper<AsyncMysqlConnection> as Connection>::establish(
+                        url.expose_secret(),
+                    )
                     .map_err(|e| StoreError::Connection(e.to_string()))?;
-            c.pending_migrations(MYSQL_MIGRATIONS)
-                .map(|v| v.len())
-                .map_err(mig)
-        } else {
-            let path = sqlite_path(&url);
-            if !std::path::Path::new(path).exists() {
-                use diesel::migration::MigrationSource;
-                return MigrationSource::<diesel::sqlite::Sqlite>::migrations(&SQLITE_MIGRATIONS)
+                c.pending_migrations(MYSQL_MIGRATIONS)
+                    .map(|v| v.len())
+                    .map_err(mig)
+            }
+            DbUrl::Sqlite(path) => {
+                if !path.exists() {
+                    use diesel::migration::MigrationSource;
+                    return MigrationSource::<diesel::sqlite::Sqlite>::migrations(
+                        &SQLITE_MIGRATIONS,
+                    )
                     .map(|v| v.len())
                     .map_err(mig);
-            }
-            let mut c = <AsyncConnectionWrapper<SqliteConn> as Connection>::establish(path)
+                }
+                let mut c = <AsyncConnectionWrapper<SqliteConn> as Connection>::establish(
+                    &path.to_string_lossy(),
+                )
                 .map_err(|e| StoreError::Connection(e.to_string()))?;
-            c.pending_migrations(SQLITE_MIGRATIONS)
-                .map(|v| v.len())
-                .map_err(mig)
+                c.pending_migrations(SQLITE_MIGRATIONS)
+                    .map(|v| v.len())
+                    .map_err(mig)
+            }
         }
     })
     .await

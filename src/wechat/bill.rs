@@ -15,7 +15,6 @@ use actix_web::web::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::client::{WechatClient, WechatError};
-use super::tls::Channel;
 use super::{Params, parse_beijing_datetime, sign, xml};
 
 /// Largest bill body read from the network (gzip or plain).
@@ -718,26 +717,25 @@ impl WechatClient {
     /// `max_retries`; the reply is decoded but not parsed, so the caller can archive the raw
     /// bill first ([`RawBill::parse`]).
     pub async fn download_bill(&self, req: &BillRequest) -> Result<BillDownload, BillError> {
-        let fields = self.signed_request(req.fields(), sign::nonce())?;
+        let fields = self.signed_request(req.fields(), sign::nonce());
         let body = Bytes::from(xml::encode(&fields));
         let url = self.pay_url("/pay/downloadbill");
-        let client = self.http(Channel::Plain)?;
+        let client = self.plain_http();
         let date = req.bill_date.to_string();
         let reply = self
+            .calls
             .observed("downloadbill", async {
-                let mut attempt = 0u32;
-                loop {
-                    match self
-                        .send_via(&client, Some(body.clone()), &url, MAX_BILL_BYTES)
-                        .await
-                    {
-                        Err(e) if !e.is_final() && attempt < self.config().max_retries => {
-                            attempt += 1;
+                self.calls
+                    .retrying(
+                        || {
+                            self.calls
+                                .send_via(&client, Some(body.clone()), &url, MAX_BILL_BYTES)
+                        },
+                        |attempt, e| {
                             tracing::warn!(api = "downloadbill", %date, attempt, error = %e, "retrying");
-                        }
-                        other => return other,
-                    }
-                }
+                        },
+                    )
+                    .await
             })
             .await?;
         decode_reply(reply, req.gzip)

@@ -18,8 +18,8 @@ pub mod xml;
 pub type Params = std::collections::BTreeMap<String, String>;
 
 pub use client::{
-    CallObserver, OrderQuery, Session, TradeState, UnifiedOrder, WechatClient, WechatConfig,
-    WechatError,
+    CallObserver, LoginClient, LoginConfig, LoginCredentials, OrderQuery, PayCredentials, Session,
+    TradeState, UnifiedOrder, WechatClient, WechatConfig, WechatError,
 };
 pub use notify::{Notification, NotifyError};
 pub use pay_params::PayParams;

@@ -4,11 +4,14 @@
 //! 只退一笔"), so every retry after a timeout or a retryable err_code repeats the same number and
 //! the same amounts ([`RefundDisposition`]). A SUCCESS answer means *accepted*, not refunded: the
 //! outcome comes from the refund notification (`refund_notify.rs`) or from refundquery.
+//!
+//! [`RefundClient`] exists only where the merchant's client certificate is loaded (like the
+//! other clients, it is built from complete credentials); refundquery needs no certificate and
+//! is a [`WechatClient`] method.
 
 use chrono::{DateTime, Utc};
 
 use super::client::{WechatClient, WechatError};
-use super::tls::Channel;
 use super::{Params, parse_beijing_datetime};
 
 /// WeChat allows 64 characters; older documentation and SDKs say 32, so we keep to 32 (§1.2).
@@ -168,12 +171,12 @@ pub struct RefundAccepted {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefundDisposition {
     /// Same out_refund_no, same amounts, later: SYSTEMERROR, BIZERR_NEED_RETRY,
-    /// FREQUENCY_LIMITED, INVALID_REQ_TOO_MUCH, timeouts, transport and protocol failures,
-    /// a bad response signature (the refund may have been accepted).
+    /// FREQUENCY_LIMITED, INVALID_REQ_TOO_MUCH, timeouts, transport and protocol failures
+    /// (an unreadable body, an HTTP 400 from a front end that wanted a certificate, a FAIL
+    /// `return_code`), a bad response signature: the refund may have been accepted.
     Retry,
     /// WeChat refused the refund and moved no money: NOTENOUGH, TRADE_OVERDUE, ORDERNOTEXIST,
-    /// USER_ACCOUNT_ABNORMAL, ERROR, PARAM_ERROR, SIGNERROR… (and NotConfigured: nothing was
-    /// sent). NOTENOUGH is final here although §1.5 notes it could be re-sent once the merchant
+    /// USER_ACCOUNT_ABNORMAL, ERROR, PARAM_ERROR, SIGNERROR… NOTENOUGH is final here although §1.5 notes it could be re-sent once the merchant
     /// account is topped up: the coins go back and a new refund can be made then.
     Final,
 }
@@ -197,9 +200,7 @@ impl WechatError {
             WechatError::Business { code, .. } if RETRY_CODES.contains(&code.as_str()) => {
                 RefundDisposition::Retry
             }
-            WechatError::Business { .. }
-            | WechatError::NotConfigured
-            | WechatError::Login { .. } => RefundDisposition::Final,
+            WechatError::Business { .. } | WechatError::Login { .. } => RefundDisposition::Final,
         }
     }
 }
@@ -446,28 +447,16 @@ pub fn parse_refund_query(raw: Params) -> Result<RefundQueryResult, WechatError>
     })
 }
 
+/// `secapi/pay/refund`: a [`WechatClient`] that carries the merchant's client certificate.
+#[derive(Clone, Debug)]
+pub struct RefundClient {
+    pay: WechatClient,
+}
+
 impl WechatClient {
-    /// `secapi/pay/refund` with the client certificate (NotConfigured without one). Signed once;
-    /// SYSTEMERROR and transport failures are re-sent with the very same bytes up to
-    /// `max_retries`; whatever is still failing is returned for the caller to classify with
-    /// [`WechatError::refund_disposition`].
-    pub async fn refund(&self, req: &RefundRequest) -> Result<RefundAccepted, WechatError> {
-        self.observed("refund", async {
-            if !self.refunds_enabled() {
-                return Err(WechatError::NotConfigured);
-            }
-            let raw = self
-                .pay_call_via(
-                    Channel::ClientCert,
-                    "refund",
-                    "/secapi/pay/refund",
-                    &req.out_refund_no,
-                    req.fields(),
-                )
-                .await?;
-            parse_refund_response(req, raw)
-        })
-        .await
+    /// The refund client, when [`WechatClient::with_tls`] gave a client certificate.
+    pub fn refunds(&self) -> Option<RefundClient> {
+        self.cert_http().map(|_| RefundClient { pay: self.clone() })
     }
 
     /// `pay/refundquery` (no certificate). REFUNDNOTEXIST comes back as a Business error.
@@ -475,25 +464,58 @@ impl WechatClient {
         &self,
         key: &RefundQueryKey,
     ) -> Result<RefundQueryResult, WechatError> {
-        self.observed("refundquery", async {
-            let raw = self
-                .pay_call_via(
-                    Channel::Plain,
-                    "refundquery",
-                    "/pay/refundquery",
-                    key.log_key(),
-                    key.fields(),
-                )
-                .await?;
-            let result = parse_refund_query(raw)?;
-            if let RefundQueryKey::OutRefundNo(no) = key
-                && result.find(no).is_none()
-            {
-                return Err(protocol("refundquery answered about another refund".into()));
-            }
-            Ok(result)
-        })
-        .await
+        self.calls
+            .observed("refundquery", async {
+                let raw = self
+                    .pay_call_via(
+                        &self.plain_http(),
+                        "refundquery",
+                        "/pay/refundquery",
+                        key.log_key(),
+                        key.fields(),
+                    )
+                    .await?;
+                let result = parse_refund_query(raw)?;
+                if let RefundQueryKey::OutRefundNo(no) = key
+                    && result.find(no).is_none()
+                {
+                    return Err(protocol("refundquery answered about another refund".into()));
+                }
+                Ok(result)
+            })
+            .await
+    }
+}
+
+impl RefundClient {
+    /// The pay client it came from (same credentials, same TLS settings).
+    pub fn pay(&self) -> &WechatClient {
+        &self.pay
+    }
+
+    /// Signed once; SYSTEMERROR and transport failures are re-sent with the very same bytes
+    /// up to `max_retries`; whatever still fails is returned for the caller to classify with
+    /// [`WechatError::refund_disposition`].
+    pub async fn refund(&self, req: &RefundRequest) -> Result<RefundAccepted, WechatError> {
+        let pay = &self.pay;
+        pay.calls
+            .observed("refund", async {
+                // Present by construction (`WechatClient::refunds`); TLS settings never change.
+                let client = pay
+                    .cert_http()
+                    .ok_or_else(|| protocol("no client certificate".into()))?;
+                let raw = pay
+                    .pay_call_via(
+                        &client,
+                        "refund",
+                        "/secapi/pay/refund",
+                        &req.out_refund_no,
+                        req.fields(),
+                    )
+                    .await?;
+                parse_refund_response(req, raw)
+            })
+            .await
     }
 }
 
@@ -650,10 +672,6 @@ mod tests {
         ] {
             assert_eq!(e.refund_disposition(), RefundDisposition::Retry, "{e}");
         }
-        assert_eq!(
-            WechatError::NotConfigured.refund_disposition(),
-            RefundDisposition::Final
-        );
     }
 
     fn accepted_raw() -> Params {

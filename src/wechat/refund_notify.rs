@@ -14,7 +14,9 @@ use ecb::cipher::block_padding::Pkcs7;
 use ecb::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyInit};
 use md5::{Digest, Md5};
 
-use super::client::WechatConfig;
+use secrecy::ExposeSecret as _;
+
+use super::client::PayCredentials;
 use super::refund::RefundStatus;
 use super::xml::{self, XmlError};
 use super::{Params, parse_beijing_datetime, upper_hex};
@@ -207,7 +209,7 @@ pub fn parse_req_info(plaintext: &[u8]) -> Result<RefundNotifyInfo, RefundNotify
 
 /// §3.4 in order: size/DTD and parse (`xml::decode`), return_code, appid/mch_id, decryption,
 /// the inner document. Whether the refund is known and its amounts match is the caller's.
-pub fn parse(body: &[u8], cfg: &WechatConfig) -> Result<RefundNotification, RefundNotifyError> {
+pub fn parse(body: &[u8], cfg: &PayCredentials) -> Result<RefundNotification, RefundNotifyError> {
     let raw = xml::decode(body)?;
     match opt(&raw, "return_code") {
         Some("SUCCESS") => {}
@@ -225,7 +227,7 @@ pub fn parse(body: &[u8], cfg: &WechatConfig) -> Result<RefundNotification, Refu
         return Err(RefundNotifyError::MchIdMismatch);
     }
     let req_info = opt(&raw, "req_info").ok_or(RefundNotifyError::MissingField("req_info"))?;
-    let plain = decrypt_req_info(req_info, &cfg.api_key)?;
+    let plain = decrypt_req_info(req_info, cfg.api_key.expose_secret())?;
     let info = parse_req_info(&plain)?;
     Ok(RefundNotification {
         nonce_str: raw.get("nonce_str").cloned().unwrap_or_default(),
@@ -261,7 +263,6 @@ mod tests {
     use super::*;
     use crate::wechat::sign::SignType;
     use sha2::Sha256;
-    use std::time::Duration;
 
     const K1: &str = "192006250b4c09247ec02edce69f6a2d";
 
@@ -292,18 +293,12 @@ mod tests {
         .collect()
     }
 
-    fn cfg() -> WechatConfig {
-        WechatConfig {
+    fn cfg() -> PayCredentials {
+        PayCredentials {
             app_id: "wxd930ea5d5a258f4f".into(),
-            app_secret: "secret".into(),
             mch_id: "10000100".into(),
             api_key: K1.into(),
             sign_type: SignType::Md5,
-            pay_api_base: "http://127.0.0.1:1".into(),
-            api_base: "http://127.0.0.1:1".into(),
-            notify_url: "https://example.com/notify".into(),
-            timeout: Duration::from_secs(1),
-            max_retries: 0,
         }
     }
 

@@ -233,15 +233,6 @@ pub fn load_extra_roots(ca_path: &Path) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
-/// Which of the two clients a call uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Channel {
-    /// `pay/*`: server authentication only.
-    Plain,
-    /// `secapi/*`: with the merchant's client certificate.
-    ClientCert,
-}
-
 /// The TLS settings of every WeChat Pay call (cheap to clone).
 #[derive(Clone)]
 pub struct PayTls {
@@ -343,14 +334,14 @@ impl PayTls {
         self.with_cert.is_some()
     }
 
-    /// The thread's awc client for `channel`; `None` for [`Channel::ClientCert`] without a
-    /// certificate.
-    pub(crate) fn client(&self, channel: Channel) -> Option<awc::Client> {
-        let config = match channel {
-            Channel::Plain => &self.plain,
-            Channel::ClientCert => self.with_cert.as_ref()?,
-        };
-        Some(cached_client(config))
+    /// The thread's awc client for `pay/*` (server authentication only).
+    pub(crate) fn plain_client(&self) -> awc::Client {
+        cached_client(&self.plain)
+    }
+
+    /// The thread's awc client for `secapi/*`, with the merchant's certificate; None without.
+    pub(crate) fn cert_client(&self) -> Option<awc::Client> {
+        self.with_cert.as_ref().map(cached_client)
     }
 }
 
