@@ -17,7 +17,8 @@ pub use endpoint::post_endpoint;
 
 pub use crate::harness::lib_api::sandbox_credentials as sandbox_creds;
 pub use crate::harness::{
-    ADMIN_TOKEN, Backend, DbPool, INTERNAL_TOKEN, JWT_SECRET, SUCCESS, notification, sample,
+    ADMIN_TOKEN, Backend, DbPool, INTERNAL_TOKEN, JWT_SECRET, SUCCESS, notification,
+    refund_notification, sample,
 };
 
 /// A database of its own for one test.
