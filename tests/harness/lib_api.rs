@@ -53,22 +53,3 @@ pub fn notification(
     let key = c.api_key.expose_secret();
     coinpay::wechat::notify::build_notification(&p, key, c.sign_type, false).into_bytes()
 }
-
-/// A refund result notification as the simulator's WeChat would send it: `info` (the decrypted
-/// `<root>` fields) encrypted with `api_key` — the simulator's own key, or another one to forge.
-pub fn refund_notification(info: &[(&str, String)], api_key: Option<&str>) -> Vec<u8> {
-    let c = sandbox_credentials();
-    let info: coinpay::wechat::Params = info
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    let key = api_key.unwrap_or(c.api_key.expose_secret());
-    coinpay::wechat::refund_notify::build_notification(
-        &c.app_id,
-        &c.mch_id,
-        key,
-        "refundnotifynonce",
-        &info,
-    )
-    .into_bytes()
-}

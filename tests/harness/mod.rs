@@ -13,7 +13,7 @@ pub mod lib_api;
 pub mod process;
 
 pub use db::Db;
-pub use lib_api::{DbPool, SUCCESS, invariant_violations, notification, refund_notification};
+pub use lib_api::{DbPool, SUCCESS, invariant_violations, notification};
 pub use process::Process;
 
 /// The `JWT_SECRET` of every service started here.
