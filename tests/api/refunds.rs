@@ -546,3 +546,90 @@ async fn refund_racing_a_consume_never_both(backend: Backend) {
     db.assert_invariants().await;
 }
 backend_test!(refund_racing_a_consume_never_both);
+
+async fn kill_nine_between_reservation_and_answer_settles_once(backend: Backend) {
+    let db = TestDb::new(&backend).await;
+    // WeChat outlives coinpay: a simulator of its own, with its TLS listener for refunds.
+    let tls_dir = tempfile::tempdir().expect("tempdir");
+    let tls_port = free_port();
+    let sim = standalone_tls_sandbox(tls_port, tls_dir.path());
+    let pem = |f: &str| tls_dir.path().join(f).display().to_string();
+    wait_until("the simulator's certificates", WAIT, || async {
+        tls_dir.path().join("apiclient_key.pem").exists()
+    })
+    .await;
+    let base = format!("https://127.0.0.1:{tls_port}");
+    let port = free_port();
+    let with_tls = |b: AppBuilder| {
+        // Pay calls over TLS (WECHAT_PAY_CA_PATH trusts the simulator's CA), login over HTTP.
+        b.against_base(&base, port)
+            .env("WECHAT_API_BASE", &sim.base)
+            .env("WECHAT_PAY_CERT_PATH", &pem("apiclient_cert.pem"))
+            .env("WECHAT_PAY_KEY_PATH", &pem("apiclient_key.pem"))
+            .env("WECHAT_PAY_CA_PATH", &pem("ca.pem"))
+            .env("REFUND_POLL_AFTER_SECS", "1")
+            .env("INTERNAL_API_TOKEN", INTERNAL_TOKEN)
+            .env("ADMIN_API_TOKEN", ADMIN_TOKEN)
+    };
+    let mut app1 = with_tls(app(&db)).spawn();
+    let (token, _) = app1.login("refund-kill").await;
+    let order_no = app1.order_no(&token, 1).await;
+    let r = sim.sim_pay("", &order_no, "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_balance(&app1, &token, 60).await;
+
+    // WeChat is slow to answer: the refund is reserved, its call in flight, when coinpay dies.
+    let r = sim
+        .post_json(
+            "/simulate/refunds/faults",
+            None,
+            &json!({"latency_ms": 3000}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let url = app1.url(&format!("/api/v1/admin/orders/{order_no}/refunds"));
+    let body =
+        serde_json::to_vec(&json!({"refund_fen": 600, "reason": "kill", "request_id": "kill-1"}))
+            .expect("json");
+    let in_flight = actix_rt::spawn(async move {
+        let r = client()
+            .post(url)
+            .insert_header(("Content-Type", "application/json"))
+            .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")));
+        r.send_body(body).await.map(|res| res.status().as_u16())
+    });
+    wait_until("the refund reserved", WAIT, || async {
+        app1.balance(&token).await == 0
+    })
+    .await;
+    app1.kill9();
+    assert!(
+        !matches!(in_flight.await, Ok(Ok(201 | 200))),
+        "the POST cannot have been answered"
+    );
+    let path = format!("/api/v1/admin/orders/{order_no}/refunds");
+
+    // Back up: the poller finds the refund processing and settles it by WeChat's answer.
+    let r = sim
+        .post_json("/simulate/refunds/faults", None, &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let app2 = with_tls(app(&db))
+        .env("ORDER_SWEEP_CRON", "* * * * * *")
+        .spawn();
+    wait_until("the refund settled", WAIT, || async {
+        app2.get(&path, Some(ADMIN_TOKEN)).await.json()["items"][0]["status"] == "succeeded"
+    })
+    .await;
+    let items = app2.get(&path, Some(ADMIN_TOKEN)).await.json()["items"].clone();
+    assert_eq!(items.as_array().map(Vec::len), Some(1), "{items}");
+    let no = items[0]["refund_no"].as_str().expect("refund_no");
+    // One refund at WeChat, under the one out_refund_no, and the coins taken once.
+    let at_wechat = sim.get("/simulate/refunds", None).await.json();
+    let refunds = at_wechat["refunds"].as_array().cloned().unwrap_or_default();
+    assert_eq!(refunds.len(), 1, "{at_wechat}");
+    assert_eq!(refunds[0]["out_refund_no"], no, "{at_wechat}");
+    assert_eq!(app2.balance(&token).await, 0);
+    db.assert_invariants().await;
+}
+backend_test!(kill_nine_between_reservation_and_answer_settles_once);

@@ -10,7 +10,10 @@ mod endpoint;
 
 use std::time::{Duration, Instant};
 
-pub use app::{App, AppBuilder, Resp, app, client, free_port, run_cmd, send, standalone_sandbox};
+pub use app::{
+    App, AppBuilder, Resp, app, client, free_port, run_cmd, send, standalone_sandbox,
+    standalone_tls_sandbox,
+};
 pub(crate) use backends::backend_test;
 pub use backends::{mysql, redis};
 pub use endpoint::post_endpoint;
