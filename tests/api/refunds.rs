@@ -166,7 +166,7 @@ async fn full_and_partial_refunds_add_up_to_the_order(backend: Backend) {
         )
         .await
         .json();
-    assert_eq!(list["items"].as_array().map(Vec::len), Some(3), "{list}");
+    assert_eq!(list["refunds"].as_array().map(Vec::len), Some(3), "{list}");
     // Nothing left: 1 fen more is over the refundable rest.
     let r = refund(
         &app,
@@ -256,7 +256,7 @@ async fn refusals_never_call_wechat(backend: Backend) {
         )
         .await
         .json();
-    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
+    assert_eq!(list["refunds"].as_array().map(Vec::len), Some(0), "{list}");
     db.assert_invariants().await;
 }
 backend_test!(refusals_never_call_wechat);
@@ -386,6 +386,13 @@ async fn systemerror_retry_final_refusal_close_and_change(backend: Backend) {
 }
 backend_test!(systemerror_retry_final_refusal_close_and_change);
 
+/// The admin overview's count of refunds processing.
+async fn processing(app: &App) -> Value {
+    let r = app.get("/api/v1/admin/overview", Some(ADMIN_TOKEN)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["refunds_processing"]["count"].clone()
+}
+
 /// POSTs a refund notification body to our refund callback.
 async fn notify_refund(app: &App, body: Vec<u8>) -> Resp {
     let r = client()
@@ -430,6 +437,7 @@ async fn refund_notifications_forged_undecryptable_duplicate(backend: Backend) {
     assert_eq!(rf["status"], "processing", "{rf}");
     let no = rf["refund_no"].as_str().expect("refund_no").to_string();
     assert_eq!(app.balance(&token).await, 30);
+    assert_eq!(processing(&app).await, 1);
     let is_fail = |r: &Resp| r.status != 200 || r.text().contains("FAIL");
 
     // Encrypted with another key: undecryptable, FAIL, nothing changes.
@@ -461,6 +469,7 @@ async fn refund_notifications_forged_undecryptable_duplicate(backend: Backend) {
     assert_eq!((r.status, r.text()), (200, SUCCESS.to_string()));
     let settled = refund_status(&app, &no).await;
     assert_eq!(settled["status"], "succeeded", "{settled}");
+    assert_eq!(processing(&app).await, 0);
     // A duplicate: SUCCESS again, nothing changes.
     let r = notify_refund(&app, real).await;
     assert_eq!((r.status, r.text()), (200, SUCCESS.to_string()));
@@ -618,10 +627,10 @@ async fn kill_nine_between_reservation_and_answer_settles_once(backend: Backend)
         .env("ORDER_SWEEP_CRON", "* * * * * *")
         .spawn();
     wait_until("the refund settled", WAIT, || async {
-        app2.get(&path, Some(ADMIN_TOKEN)).await.json()["items"][0]["status"] == "succeeded"
+        app2.get(&path, Some(ADMIN_TOKEN)).await.json()["refunds"][0]["status"] == "succeeded"
     })
     .await;
-    let items = app2.get(&path, Some(ADMIN_TOKEN)).await.json()["items"].clone();
+    let items = app2.get(&path, Some(ADMIN_TOKEN)).await.json()["refunds"].clone();
     assert_eq!(items.as_array().map(Vec::len), Some(1), "{items}");
     let no = items[0]["refund_no"].as_str().expect("refund_no");
     // One refund at WeChat, under the one out_refund_no, and the coins taken once.
