@@ -322,8 +322,18 @@ async fn systemerror_retry_final_refusal_close_and_change(backend: Backend) {
     wait_refund(&app, &no, "succeeded").await;
     let calls: Vec<Value> = sim_refund_calls(&app).await;
     assert_eq!(calls.len(), 3, "{calls:?}");
+    // …with the same amounts, and the first two refused, the last accepted.
     assert!(
-        calls.iter().all(|c| c["out_refund_no"] == no.as_str()),
+        calls.iter().all(|c| c["out_refund_no"] == no.as_str()
+            && c["refund_fee"] == "300"
+            && c["total_fee"] == "3000"
+            && c["client_cert"] == true),
+        "{calls:?}"
+    );
+    let results: Vec<&str> = calls.iter().filter_map(|c| c["result"].as_str()).collect();
+    assert_eq!(
+        results,
+        ["SYSTEMERROR", "SYSTEMERROR", "SUCCESS"],
         "{calls:?}"
     );
     assert_eq!(app.balance(&token).await, 330 - 33);
