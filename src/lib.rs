@@ -12,6 +12,7 @@ pub mod money;
 pub mod order;
 pub mod redis;
 pub mod refund;
+pub mod registry;
 pub mod sandbox;
 pub mod schema_sql;
 pub mod service;

@@ -10,6 +10,8 @@ pub mod client_ip;
 pub mod console;
 pub mod internal;
 pub mod ops;
+pub mod refund_callback;
+pub mod refunds;
 pub mod views;
 
 use std::net::IpAddr;
@@ -26,6 +28,7 @@ use crate::error::AppError;
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 use crate::redis::RedisPool;
 use crate::service::orders::OrderService;
+use crate::service::refunds::RefundService;
 use crate::store::DbPool;
 use crate::wechat::client::LoginClient;
 
@@ -36,6 +39,8 @@ pub struct AppState {
     pub redis: Option<RedisPool>,
     /// Creating orders and handing events to their actors.
     pub orders: OrderService,
+    /// Refunds: operators' requests, WeChat's results, the poller.
+    pub refunds: Arc<RefundService>,
     /// jscode2session: needs WECHAT_APP_ID and WECHAT_APP_SECRET only.
     pub login: Option<LoginClient>,
     pub metrics: Arc<Metrics>,
@@ -76,6 +81,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, metrics_here: bool) {
     // Routes are matched in this order (and matched again for the metrics' route label):
     // WeChat's notification, the busiest, first, ahead of the patterns with path parameters.
     cfg.service(callback::resource())
+        .service(refund_callback::resource())
         .service(client::login)
         .service(client::list_packages)
         .service(client::create_order)

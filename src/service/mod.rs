@@ -8,3 +8,5 @@
 //! `wechat`.
 
 pub mod orders;
+pub mod refund_poller;
+pub mod refunds;
