@@ -18,6 +18,8 @@ use crate::order::sweeper::{SweepConfig, Sweeper};
 use crate::redis::{RedisError, redis_pool};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::service::orders::OrderService;
+use crate::service::reconcile::ReconcileService;
+use crate::service::reconcile_job::{ReconcileJob, ReconcileJobConfig};
 use crate::store::{self, DbPool};
 use crate::wechat::client::{CallObserver, LoginClient, WechatClient};
 
@@ -38,6 +40,8 @@ pub enum StartupError {
     Jwt(#[from] http::auth::TokenError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Reconcile(#[from] crate::service::reconcile::ReconcileError),
 }
 
 pub struct Application {
@@ -46,6 +50,7 @@ pub struct Application {
     server: Server,
     metrics_server: Option<Server>,
     sweeper: Sweeper,
+    reconcile_job: ReconcileJob,
     shutdown_timeout: Duration,
 }
 
@@ -146,6 +151,7 @@ impl Application {
             .login_config()
             .map(|c| LoginClient::new(c).with_observer(observer));
         let service_pay = pay.clone();
+        let reconcile_pay = pay.clone();
 
         let settings = Arc::new(settings);
 
@@ -172,6 +178,12 @@ impl Application {
         }
         let jwt =
             http::auth::JwtKeys::from_config(settings.jwt_secret.as_ref(), settings.jwt_ttl_secs)?;
+        let reconcile = Arc::new(ReconcileService::new(
+            db.clone(),
+            reconcile_pay,
+            registry.clone(),
+            metrics.clone(),
+        ));
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             db: db.clone(),
@@ -184,14 +196,24 @@ impl Application {
                 settings.order_expire_secs,
                 metrics.clone(),
             ),
+            reconcile: reconcile.clone(),
             login,
             metrics: metrics.clone(),
             jwt,
         });
 
+        let holder = instance_holder(&settings);
+        let reconcile_cfg = ReconcileJobConfig {
+            schedule: parse_cron("RECONCILE_CRON", &settings.reconcile_cron)?,
+            retry: Duration::from_secs(settings.reconcile_retry_secs),
+            holder: holder.clone(),
+            lease: Duration::from_secs(settings.lease_secs as u64),
+        };
+        let reconcile_job =
+            ReconcileJob::start(reconcile_cfg, reconcile, db.clone(), metrics.clone());
         let sweep_cfg = SweepConfig {
             schedule: parse_cron("ORDER_SWEEP_CRON", &settings.order_sweep_cron)?,
-            holder: instance_holder(&settings),
+            holder,
             lease: Duration::from_secs(settings.lease_secs as u64),
             batch_size: settings.sweep_batch_size,
             concurrency: settings.sweep_concurrency,
@@ -246,6 +268,7 @@ impl Application {
             server,
             metrics_server,
             sweeper,
+            reconcile_job,
             shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_secs),
         })
     }
@@ -257,12 +280,14 @@ impl Application {
         let handle = self.server.handle();
         let metrics_handle = self.metrics_server.as_ref().map(|s| s.handle());
         let sweeper = self.sweeper;
+        let reconcile_job = self.reconcile_job;
         let timeout = self.shutdown_timeout;
         actix_rt::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutdown requested: finishing in-flight work");
             let stop_http = handle.stop(true);
             let stop_sweeper = async {
+                reconcile_job.stop().await;
                 if tokio::time::timeout(timeout, sweeper.stop()).await.is_err() {
                     tracing::warn!("sweeper did not stop in time");
                 }
@@ -283,6 +308,35 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// `coinpay reconcile --date`: one day, reconciled in this process beside any running
+/// instance. Its `missing_local` credits go through order actors of this process, which write
+/// with the same compare-and-set as the service's, so that a payment is credited once whoever
+/// gets there first.
+pub async fn reconcile_once(
+    settings: Settings,
+    date: chrono::NaiveDate,
+) -> Result<crate::service::reconcile::Run, StartupError> {
+    settings.check_against_wechat()?;
+    store::run_migrations(&settings.database_url).await?;
+    let db = DbPool::connect(&settings.database_url, 2).await?;
+    let metrics = Arc::new(Metrics::new());
+    let pay = settings.wechat.pay_config().map(WechatClient::new);
+    let settings = Arc::new(settings);
+    let core = Arc::new(OrderCore {
+        db: db.clone(),
+        wechat: pay.clone(),
+        metrics: metrics.clone(),
+        settings: settings.clone(),
+    });
+    let registry = OrderRegistry::new(
+        core,
+        Duration::from_secs(settings.actor_idle_secs),
+        Duration::from_secs(settings.actor_linger_secs),
+    );
+    let service = ReconcileService::new(db, pay, registry, metrics);
+    Ok(service.run(date).await?)
 }
 
 async fn wait_for_signal() {

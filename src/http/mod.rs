@@ -10,6 +10,7 @@ pub mod client_ip;
 pub mod console;
 pub mod internal;
 pub mod ops;
+pub mod reconciliations;
 pub mod views;
 
 use std::net::IpAddr;
@@ -26,6 +27,7 @@ use crate::error::AppError;
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 use crate::redis::RedisPool;
 use crate::service::orders::OrderService;
+use crate::service::reconcile::ReconcileService;
 use crate::store::DbPool;
 use crate::wechat::client::LoginClient;
 
@@ -36,6 +38,8 @@ pub struct AppState {
     pub redis: Option<RedisPool>,
     /// Creating orders and handing events to their actors.
     pub orders: OrderService,
+    /// Daily reconciliation against WeChat's bill.
+    pub reconcile: Arc<ReconcileService>,
     /// jscode2session: needs WECHAT_APP_ID and WECHAT_APP_SECRET only.
     pub login: Option<LoginClient>,
     pub metrics: Arc<Metrics>,
@@ -90,6 +94,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, metrics_here: bool) {
         // The console's admin endpoints ahead of the admin API's scope (which 404s the rest).
         .configure(admin_overview::routes)
         .configure(admin_lookup::routes)
+        .configure(reconciliations::routes)
         .configure(admin::routes)
         .configure(console::routes);
     if metrics_here {

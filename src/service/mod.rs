@@ -8,3 +8,5 @@
 //! `wechat`.
 
 pub mod orders;
+pub mod reconcile;
+pub mod reconcile_job;
