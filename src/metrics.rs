@@ -460,9 +460,9 @@ impl Metrics {
     }
 }
 
-/// Daily reconciliation against WeChat's bill (issue 13). The gauges describe the last day this
-/// instance reconciled (or, after a start, the last one in the database), so that an alert can
-/// see a day with differences and a reconciliation that stopped happening.
+/// Daily reconciliation against WeChat's bill (issue 13). The gauges describe the latest bill
+/// date in the database, read at scrape time like the pending orders (so every instance reports
+/// the same values: aggregate them with max()); the counters count this instance's runs.
 #[derive(Default)]
 pub struct ReconcileMetrics {
     /// Runs by outcome: balanced, differences, no_bill, error, skipped, not_leader.

@@ -99,9 +99,10 @@ impl ReconcileService {
         store::list(&self.db, from, to).await
     }
 
-    /// Sets the gauges from the database after a start: a restart must not look like a
+    /// Sets the reconciliation gauges from the database (at every scrape): every instance
+    /// reports the same last day whichever of them ran it, and a restart does not look like a
     /// reconciliation that stopped happening.
-    pub async fn restore_metrics(&self) -> Result<(), StoreError> {
+    pub async fn refresh_metrics(&self) -> Result<(), StoreError> {
         let (last, last_ok) = store::latest(&self.db).await?;
         if let Some(ok) = last_ok {
             self.metrics
@@ -161,11 +162,6 @@ impl ReconcileService {
         };
         store::save(&self.db, &report).await?;
         self.metrics.reconcile.run(status.as_str());
-        self.metrics
-            .reconcile
-            .last_success
-            .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
-        self.record_day(&report);
         if status == ReconStatus::Differences {
             tracing::warn!(status = %status, open = report.open_differences(), "reconciliation found differences");
         } else {
@@ -206,7 +202,6 @@ impl ReconcileService {
         store::save(&self.db, &report).await?;
         self.metrics.reconcile.run(ReconStatus::Error.as_str());
         self.metrics.reconcile.error(e.kind());
-        self.record_day(&report);
         Ok(Run {
             report,
             retryable: e.is_retryable(),

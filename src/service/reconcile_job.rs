@@ -65,9 +65,6 @@ async fn on_schedule(
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
-    if let Err(e) = service.restore_metrics().await {
-        tracing::warn!(error = %e, "could not read the last reconciliation");
-    }
     let mut retry_at: Option<DateTime<Utc>> = None;
     loop {
         let tick = cfg

@@ -15,6 +15,7 @@ mod deploy_backup;
 mod foundation;
 mod ops;
 mod payments;
+mod reconcile;
 mod resilience;
 mod sandbox;
 mod shop;
