@@ -75,6 +75,7 @@ pub async fn run(settings: Result<Settings, ConfigError>) -> Vec<Item> {
     let mut items = vec![migrations];
     items.extend(pay_settings(&s.wechat));
     items.push(whitelist(&s));
+    items.extend(refund_settings(&s.wechat));
     items.push(Item::new(
         Mark::Skip,
         false,
@@ -308,4 +309,52 @@ fn secrets(s: &Settings) -> Vec<Item> {
         });
     }
     items
+}
+
+/// Refunds: the client certificate pair (WECHAT_PAY_CERT_PATH + WECHAT_PAY_KEY_PATH, with
+/// WECHAT_PAY_CA_PATH) loads as a matching pair, and where refund results are sent. Both are
+/// optional: absent the certificate, refunds are disabled.
+fn refund_settings(w: &WechatSettings) -> [Item; 2] {
+    const NOTIFY: &str = "WECHAT_PAY_REFUND_NOTIFY_URL 已配置";
+    let notify = match w.refund_notify_url() {
+        Some(u) => Item::new(Mark::Ok, false, NOTIFY, u),
+        None => Item::new(
+            Mark::Skip,
+            false,
+            NOTIFY,
+            "not set and no WECHAT_PAY_NOTIFY_URL to derive it from",
+        ),
+    };
+    [refund_certificate(w), notify]
+}
+
+fn refund_certificate(w: &WechatSettings) -> Item {
+    const TITLE: &str = "WECHAT_PAY_CERT_PATH/WECHAT_PAY_KEY_PATH 退款证书已配置";
+    if w.cert_path.is_none() && w.key_path.is_none() && w.ca_path.is_none() {
+        return Item::new(
+            Mark::Skip,
+            false,
+            TITLE,
+            "not set: refunds are disabled (503 refunds_disabled)",
+        );
+    }
+    match crate::wechat::tls::PayTls::from_paths(
+        w.cert_path.as_deref(),
+        w.key_path.as_deref(),
+        w.ca_path.as_deref(),
+    ) {
+        Ok(t) if t.has_client_cert() => Item::new(
+            Mark::Ok,
+            false,
+            TITLE,
+            "client certificate and key load and match: refunds enabled",
+        ),
+        Ok(_) => Item::new(
+            Mark::Skip,
+            false,
+            TITLE,
+            "only WECHAT_PAY_CA_PATH is set: refunds are disabled",
+        ),
+        Err(e) => Item::new(Mark::Bad, true, TITLE, format!("{}: {e}", e.variable())),
+    }
 }

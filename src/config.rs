@@ -142,6 +142,15 @@ pub struct WechatSettings {
     pub timeout_ms: u64,
     pub max_retries: u32,
     pub order_body: String,
+    /// WECHAT_PAY_REFUND_NOTIFY_URL; `None`: derived from the pay notify URL.
+    pub refund_notify_url: Option<String>,
+    /// WECHAT_PAY_CERT_PATH / WECHAT_PAY_KEY_PATH (refunds; both or neither) and
+    /// WECHAT_PAY_CA_PATH (an extra trusted root for every WeChat Pay call).
+    pub cert_path: Option<std::path::PathBuf>,
+    pub key_path: Option<std::path::PathBuf>,
+    pub ca_path: Option<std::path::PathBuf>,
+    /// REFUND_POLL_AFTER_SECS: a refund still processing this long is asked about (refundquery).
+    pub refund_poll_after_secs: u64,
 }
 
 impl WechatSettings {
@@ -163,6 +172,16 @@ impl WechatSettings {
 
     pub fn pay_complete(&self) -> bool {
         self.pay_config().is_some()
+    }
+
+    /// Where WeChat sends refund results: WECHAT_PAY_REFUND_NOTIFY_URL, else the pay notify URL
+    /// with `recharge/callback` replaced by `refund/callback`.
+    pub fn refund_notify_url(&self) -> Option<String> {
+        self.refund_notify_url.clone().or_else(|| {
+            self.notify_url
+                .as_ref()
+                .map(|u| u.replace("recharge/callback", "refund/callback"))
+        })
     }
 
     pub fn login_complete(&self) -> bool {
@@ -562,6 +581,24 @@ impl Settings {
             timeout_ms: parse_or(src, "WECHAT_TIMEOUT_MS", 10_000)?,
             max_retries: parse_or(src, "WECHAT_MAX_RETRIES", 2)?,
             order_body: opt(src, "WECHAT_PAY_BODY").unwrap_or_else(|| "算力充值".into()),
+            refund_notify_url: match opt(src, "WECHAT_PAY_REFUND_NOTIFY_URL") {
+                Some(u) => match url::Url::parse(&u) {
+                    Ok(p) if matches!(p.scheme(), "http" | "https") && p.query().is_none() => {
+                        Some(u)
+                    }
+                    _ => {
+                        return Err(bad(
+                            "WECHAT_PAY_REFUND_NOTIFY_URL",
+                            format!("{u:?} must be an http(s) URL without a query string"),
+                        ));
+                    }
+                },
+                None => None,
+            },
+            cert_path: opt(src, "WECHAT_PAY_CERT_PATH").map(Into::into),
+            key_path: opt(src, "WECHAT_PAY_KEY_PATH").map(Into::into),
+            ca_path: opt(src, "WECHAT_PAY_CA_PATH").map(Into::into),
+            refund_poll_after_secs: parse_or(src, "REFUND_POLL_AFTER_SECS", 60)?,
         })
     }
 

@@ -7,7 +7,9 @@ use serde_json::{Map, Value, json};
 use crate::order::actor::OrderError;
 use crate::service::orders::CreateOrderError;
 use crate::service::reconcile::ReconcileError;
+use crate::service::refunds::RefundError;
 use crate::store::StoreError;
+use crate::store::refunds::ReserveRefusal;
 use crate::wechat::client::WechatError;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,14 @@ pub enum AppError {
     OrderBusy,
     #[error("internal error")]
     Internal(String),
+    #[error("the order is {0}, not paid")]
+    OrderNotPaid(String),
+    #[error("the order already has the most refunds WeChat allows")]
+    TooManyRefunds,
+    #[error("the order was paid more than a year ago and cannot be refunded")]
+    RefundOverdue,
+    #[error("refunds are not configured on this server (no WeChat Pay client certificate)")]
+    RefundsDisabled,
 }
 
 impl AppError {
@@ -69,6 +79,10 @@ impl AppError {
             AppError::Storage(_) => "storage_unavailable",
             AppError::OrderBusy => "order_busy",
             AppError::Internal(_) => "internal",
+            AppError::OrderNotPaid(_) => "order_not_paid",
+            AppError::TooManyRefunds => "too_many_refunds",
+            AppError::RefundOverdue => "refund_overdue",
+            AppError::RefundsDisabled => "refunds_disabled",
         }
     }
 
@@ -103,9 +117,12 @@ impl ResponseError for AppError {
             }
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
-            AppError::InsufficientBalance { .. } | AppError::RequestIdConflict => {
-                StatusCode::CONFLICT
-            }
+            AppError::InsufficientBalance { .. }
+            | AppError::RequestIdConflict
+            | AppError::OrderNotPaid(_)
+            | AppError::TooManyRefunds
+            | AppError::RefundOverdue => StatusCode::CONFLICT,
+            AppError::RefundsDisabled => StatusCode::SERVICE_UNAVAILABLE,
             AppError::LoginRejected { .. } => StatusCode::BAD_REQUEST,
             AppError::WechatRefused { .. } => StatusCode::BAD_GATEWAY,
             AppError::PaymentUnavailable
@@ -180,6 +197,29 @@ impl From<ReconcileError> for AppError {
             ReconcileError::PaymentUnavailable => AppError::PaymentUnavailable,
             e @ ReconcileError::FutureDate(_) => AppError::validation("bill_date", e.to_string()),
             ReconcileError::Storage(s) => AppError::Storage(s),
+        }
+    }
+}
+
+impl From<RefundError> for AppError {
+    fn from(e: RefundError) -> Self {
+        match e {
+            RefundError::Disabled => AppError::RefundsDisabled,
+            RefundError::Invalid { field, message } => AppError::validation(field, message),
+            RefundError::RequestIdConflict => AppError::RequestIdConflict,
+            RefundError::NotFound => AppError::NotFound("refund"),
+            RefundError::Storage(s) => AppError::Storage(s),
+            RefundError::Refused(r) => match r {
+                ReserveRefusal::OrderNotFound => AppError::NotFound("order"),
+                ReserveRefusal::NotPaid(status) => AppError::OrderNotPaid(status.to_string()),
+                ReserveRefusal::Amount(a) => AppError::validation("refund_fen", a.to_string()),
+                ReserveRefusal::TooManyRefunds => AppError::TooManyRefunds,
+                ReserveRefusal::Overdue => AppError::RefundOverdue,
+                ReserveRefusal::Insufficient { balance, coins } => AppError::InsufficientBalance {
+                    balance: balance.0,
+                    requested: coins.0,
+                },
+            },
         }
     }
 }

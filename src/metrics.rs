@@ -126,6 +126,37 @@ impl NotificationOutcome {
     }
 }
 
+/// Labels of `coinpay_refunds` (created at 0 at start).
+pub const REFUND_OUTCOMES: [&str; 6] = [
+    "created",
+    "retry",
+    "succeeded",
+    "closed",
+    "failed",
+    "abnormal",
+];
+
+/// Labels of `coinpay_refund_notifications`: the answer's outcome, or the refusal's reason
+/// (`RefundNotifyError::outcome`).
+pub const REFUND_NOTIFICATION_OUTCOMES: [&str; 16] = [
+    "ok",
+    "duplicate",
+    "ip_denied",
+    "malformed",
+    "too_large",
+    "doctype",
+    "return_fail",
+    "missing_field",
+    "appid_mismatch",
+    "mchid_mismatch",
+    "undecryptable",
+    "bad_req_info",
+    "unknown_refund",
+    "amount_mismatch",
+    "rejected",
+    "storage_error",
+];
+
 fn outcome(s: &str) -> OutcomeLabels {
     OutcomeLabels {
         outcome: s.to_string(),
@@ -160,6 +191,11 @@ pub struct Metrics {
     pub admin_actions: Family<KindLabels, Counter>,
     pub order_numbers_fallback: Counter,
     pub reconcile: ReconcileMetrics,
+    pub refunds: Family<OutcomeLabels, Counter>,
+    pub refunded_fen: Counter,
+    pub refunds_processing: Gauge,
+    pub oldest_processing_refund_age: Gauge<f64, AtomicU64>,
+    pub refund_notifications: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -203,6 +239,11 @@ impl Metrics {
             admin_actions: Family::default(),
             order_numbers_fallback: Counter::default(),
             reconcile: ReconcileMetrics::default(),
+            refunds: Family::default(),
+            refunded_fen: Counter::default(),
+            refunds_processing: Gauge::default(),
+            oldest_processing_refund_age: Gauge::default(),
+            refund_notifications: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -331,6 +372,31 @@ impl Metrics {
             m.order_numbers_fallback.clone(),
         );
         m.reconcile.register(&mut r);
+        r.register(
+            "coinpay_refunds",
+            "Refund events by outcome: created, retry, succeeded, closed, failed, abnormal",
+            m.refunds.clone(),
+        );
+        r.register(
+            "coinpay_refunded_fen",
+            "Fen refunded (refunds that succeeded)",
+            m.refunded_fen.clone(),
+        );
+        r.register(
+            "coinpay_refunds_processing",
+            "Refunds waiting for WeChat's result",
+            m.refunds_processing.clone(),
+        );
+        r.register(
+            "coinpay_oldest_processing_refund_age_seconds",
+            "Age of the oldest refund still processing",
+            m.oldest_processing_refund_age.clone(),
+        );
+        r.register(
+            "coinpay_refund_notifications",
+            "WeChat refund notifications by outcome",
+            m.refund_notifications.clone(),
+        );
         m.preinit();
         Metrics { registry: r, ..m }
     }
@@ -340,6 +406,12 @@ impl Metrics {
     fn preinit(&self) {
         for o in NotificationOutcome::ALL {
             let _ = self.notifications.get_or_create(&outcome(o.as_str()));
+        }
+        for o in REFUND_OUTCOMES {
+            let _ = self.refunds.get_or_create(&outcome(o));
+        }
+        for o in REFUND_NOTIFICATION_OUTCOMES {
+            let _ = self.refund_notifications.get_or_create(&outcome(o));
         }
         for e in ["created", "paid", "expired", "failed"] {
             let _ = self.orders.get_or_create(&EventLabels { event: e.into() });
@@ -414,6 +486,12 @@ impl Metrics {
         if let Some(kind) = anomaly {
             self.anomaly(kind);
         }
+    }
+    pub fn refund_event(&self, o: &str) {
+        self.refunds.get_or_create(&outcome(o)).inc();
+    }
+    pub fn refund_notification(&self, o: &str) {
+        self.refund_notifications.get_or_create(&outcome(o)).inc();
     }
     pub fn order_event(&self, event: &str) {
         self.orders

@@ -16,12 +16,15 @@ use crate::order::number::OrderNumbers;
 use crate::order::registry::OrderRegistry;
 use crate::order::sweeper::{SweepConfig, Sweeper};
 use crate::redis::{RedisError, redis_pool};
-use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::sandbox::{Sandbox, SandboxConfig, SandboxTls, serve_tls};
 use crate::service::orders::OrderService;
 use crate::service::reconcile::ReconcileService;
 use crate::service::reconcile_job::{ReconcileJob, ReconcileJobConfig};
+use crate::service::refund_poller::RefundPoller;
+use crate::service::refunds::RefundService;
 use crate::store::{self, DbPool};
 use crate::wechat::client::{CallObserver, LoginClient, WechatClient};
+use crate::wechat::tls::PayTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -51,6 +54,7 @@ pub struct Application {
     metrics_server: Option<Server>,
     sweeper: Sweeper,
     reconcile_job: ReconcileJob,
+    refund_poller: RefundPoller,
     shutdown_timeout: Duration,
 }
 
@@ -99,6 +103,46 @@ pub fn sandbox_config_from(settings: &Settings) -> SandboxConfig {
     }
 }
 
+/// The TLS settings of every WeChat Pay call: the configured client certificate and extra
+/// root (a bad or half-configured pair stops start-up naming the variable), or, for
+/// `serve --sandbox` without them, the simulator's own: it then also listens over TLS on a
+/// free loopback port with a generated test CA and merchant certificate, and every pay call
+/// goes there, so that refunds work with no configuration.
+fn pay_tls(
+    settings: &mut Settings,
+    sandbox: Option<&Sandbox>,
+) -> Result<Option<PayTls>, StartupError> {
+    let w = &settings.wechat;
+    let configured = w.cert_path.is_some() || w.key_path.is_some() || w.ca_path.is_some();
+    if configured {
+        let tls = PayTls::from_paths(
+            w.cert_path.as_deref(),
+            w.key_path.as_deref(),
+            w.ca_path.as_deref(),
+        )
+        .map_err(|e| crate::config::ConfigError {
+            var: e.variable(),
+            problem: e.to_string(),
+        })?;
+        return Ok(Some(tls));
+    }
+    let Some(sb) = sandbox else {
+        return Ok(None);
+    };
+    let material = SandboxTls::generate(&sb.config().mch_id).map_err(std::io::Error::other)?;
+    let (server, addr) = serve_tls(SocketAddr::from(([127, 0, 0, 1], 0)), sb.clone(), &material)?;
+    actix_rt::spawn(server);
+    let identity = material
+        .merchant_identity()
+        .map_err(std::io::Error::other)?;
+    let tls = PayTls::new(&[material.ca_der()], Some(&identity)).map_err(std::io::Error::other)?;
+    if settings.wechat.pay_api_base.ends_with("/sandbox") {
+        settings.wechat.pay_api_base = format!("https://{addr}");
+    }
+    tracing::info!(%addr, "sandbox: WeChat Pay over TLS with a generated test CA (refunds enabled)");
+    Ok(Some(tls))
+}
+
 fn instance_holder(settings: &Settings) -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_default();
     format!(
@@ -141,11 +185,22 @@ impl Application {
                 m.wechat_call(api, outcome, elapsed.as_secs_f64())
             })
         };
+        let sandbox_app = sandbox_cfg.map(Sandbox::new);
+        let tls = pay_tls(&mut settings, sandbox_app.as_ref())?;
         // Each client exists only when its credentials are complete (config.rs decides).
-        let pay = settings
-            .wechat
-            .pay_config()
-            .map(|c| WechatClient::new(c).with_observer(observer.clone()));
+        let pay = settings.wechat.pay_config().map(|c| {
+            let client = WechatClient::new(c).with_observer(observer.clone());
+            match &tls {
+                Some(tls) => client.with_tls(tls.clone()),
+                None => client,
+            }
+        });
+        let refund_client = pay.as_ref().and_then(WechatClient::refunds);
+        if refund_client.is_none() {
+            tracing::warn!(
+                "WECHAT_PAY_CERT_PATH/WECHAT_PAY_KEY_PATH are not set: refunds are disabled"
+            );
+        }
         let login = settings
             .wechat
             .login_config()
@@ -184,7 +239,15 @@ impl Application {
             registry.clone(),
             metrics.clone(),
         ));
+        let refunds = Arc::new(RefundService::new(
+            db.clone(),
+            refund_client,
+            settings.wechat.refund_notify_url(),
+            settings.wechat.refund_poll_after_secs,
+            metrics.clone(),
+        ));
         let state = web::Data::new(AppState {
+            refunds: refunds.clone(),
             settings: settings.clone(),
             db: db.clone(),
             redis,
@@ -218,10 +281,10 @@ impl Application {
             batch_size: settings.sweep_batch_size,
             concurrency: settings.sweep_concurrency,
         };
+        let refund_poller = RefundPoller::start(sweep_cfg.clone(), db.clone(), refunds);
         let sweeper = Sweeper::start(sweep_cfg, registry, db, metrics);
 
         let metrics_here = settings.metrics_bind_addr.is_none();
-        let sandbox_app = sandbox_cfg.map(Sandbox::new);
         let app_state = state.clone();
         let server = HttpServer::new(move || {
             let sandbox_app = sandbox_app.clone();
@@ -269,6 +332,7 @@ impl Application {
             metrics_server,
             sweeper,
             reconcile_job,
+            refund_poller,
             shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_secs),
         })
     }
@@ -281,12 +345,20 @@ impl Application {
         let metrics_handle = self.metrics_server.as_ref().map(|s| s.handle());
         let sweeper = self.sweeper;
         let reconcile_job = self.reconcile_job;
+        let refund_poller = self.refund_poller;
         let timeout = self.shutdown_timeout;
         actix_rt::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutdown requested: finishing in-flight work");
             let stop_http = handle.stop(true);
             let stop_sweeper = async {
+                // The poller first: the sweeper gives back the lease they share.
+                if tokio::time::timeout(timeout, refund_poller.stop())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("refund poller did not stop in time");
+                }
                 reconcile_job.stop().await;
                 if tokio::time::timeout(timeout, sweeper.stop()).await.is_err() {
                     tracing::warn!("sweeper did not stop in time");

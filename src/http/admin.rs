@@ -27,6 +27,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .route(web::put().to(update_package))
                     .route(web::patch().to(update_package)),
             )
+            .configure(super::refunds::routes)
             .service(get_order)
             .service(list_orders)
             .service(recheck_order)
@@ -163,7 +164,16 @@ async fn get_order(
     let row = orders::get(&st.db, &path)
         .await?
         .ok_or(AppError::NotFound("order"))?;
-    Ok(HttpResponse::Ok().json(admin_order(&row)))
+    let refunds = st.refunds.list_for_order(&row.order_no).await?;
+    let mut v = admin_order(&row);
+    v["refunded_coins"] = json!(row.refunded_coins);
+    v["refunds"] = json!(
+        refunds
+            .iter()
+            .map(super::refunds::RefundView::from)
+            .collect::<Vec<_>>()
+    );
+    Ok(HttpResponse::Ok().json(v))
 }
 
 fn admin_order(row: &orders::OrderRow) -> Value {

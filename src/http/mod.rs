@@ -11,6 +11,8 @@ pub mod console;
 pub mod internal;
 pub mod ops;
 pub mod reconciliations;
+pub mod refund_callback;
+pub mod refunds;
 pub mod views;
 
 use std::net::IpAddr;
@@ -28,6 +30,7 @@ use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 use crate::redis::RedisPool;
 use crate::service::orders::OrderService;
 use crate::service::reconcile::ReconcileService;
+use crate::service::refunds::RefundService;
 use crate::store::DbPool;
 use crate::wechat::client::LoginClient;
 
@@ -40,6 +43,8 @@ pub struct AppState {
     pub orders: OrderService,
     /// Daily reconciliation against WeChat's bill.
     pub reconcile: Arc<ReconcileService>,
+    /// Refunds: operators' requests, WeChat's results, the poller.
+    pub refunds: Arc<RefundService>,
     /// jscode2session: needs WECHAT_APP_ID and WECHAT_APP_SECRET only.
     pub login: Option<LoginClient>,
     pub metrics: Arc<Metrics>,
@@ -80,6 +85,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, metrics_here: bool) {
     // Routes are matched in this order (and matched again for the metrics' route label):
     // WeChat's notification, the busiest, first, ahead of the patterns with path parameters.
     cfg.service(callback::resource())
+        .service(refund_callback::resource())
         .service(client::login)
         .service(client::list_packages)
         .service(client::create_order)

@@ -74,6 +74,14 @@ pub async fn refresh_gauges(st: &AppState) {
             tracing::warn!(error = %e, "metrics: database unavailable");
         }
     }
+    if let Ok((count, oldest)) = crate::store::refunds::processing_stats(&st.db).await {
+        m.refunds_processing.set(count);
+        m.oldest_processing_refund_age.set(
+            oldest
+                .map(|t| ((crate::store::now_ms() - t).max(0) as f64) / 1000.0)
+                .unwrap_or(0.0),
+        );
+    }
     let (conns, idle) = st.db.pool_state();
     for (state, v) in [("idle", idle), ("active", conns.saturating_sub(idle))] {
         m.db_connections

@@ -54,6 +54,7 @@ pub struct OrderView {
     pub paid_at: Option<String>,
     pub transaction_id: Option<String>,
     pub err_code: Option<String>,
+    pub refunded_fen: i64,
 }
 
 impl From<&OrderRow> for OrderView {
@@ -70,6 +71,7 @@ impl From<&OrderRow> for OrderView {
             paid_at: o.paid_at.map(time),
             transaction_id: o.transaction_id.clone(),
             err_code: o.err_code.clone(),
+            refunded_fen: o.refunded_fen,
         }
     }
 }

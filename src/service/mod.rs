@@ -10,3 +10,5 @@
 pub mod orders;
 pub mod reconcile;
 pub mod reconcile_job;
+pub mod refund_poller;
+pub mod refunds;

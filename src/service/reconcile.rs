@@ -25,8 +25,9 @@ use crate::order::actor::{Notify, OrderError, Outcome};
 use crate::order::number::{BEIJING, beijing_now};
 use crate::order::registry::OrderRegistry;
 use crate::order::state::{OrderStatus, Stay};
-use crate::reconcile::matcher::{self, Books, LocalOrder};
+use crate::reconcile::matcher::{self, Books, LocalOrder, LocalRefund};
 use crate::reconcile::report::{Action, Difference, DifferenceKind, ReconStatus, Report};
+use crate::refund::state::RefundStatus;
 use crate::store::reconciliations::{self as store, BookOrder, DaySummary};
 use crate::store::{DbPool, StoreError};
 use crate::wechat::bill::{Bill, BillDownload, BillError, BillRequest, BillRow, RawBill};
@@ -208,11 +209,33 @@ impl ReconcileService {
         })
     }
 
-    /// The books around `date`: every order the bill names, every payment of D-1, D and D+1,
-    /// and the orders earlier reconciliations credited.
+    /// The books around `date`: every order and refund the bill names, every payment and
+    /// refund of D-1, D and D+1 (with the orders of those refunds), and the orders earlier
+    /// reconciliations credited.
     async fn books(&self, date: NaiveDate, bill: Option<&Bill>) -> Result<Books, StoreError> {
         let (start, _) = day_bounds(date);
         let window = (start - 86_400_000, start + 2 * 86_400_000);
+        let mut refunds: HashMap<String, LocalRefund> = HashMap::new();
+        let refund_nos: Vec<String> = distinct(
+            bill.into_iter()
+                .flat_map(|b| b.refunds())
+                .filter_map(|r| r.out_refund_no.as_deref()),
+        );
+        let found = store::refunds_succeeded_between(&self.db, window.0, window.1)
+            .await?
+            .into_iter()
+            .chain(store::refunds_numbered(&self.db, &refund_nos).await?);
+        for r in found {
+            let local = LocalRefund {
+                succeeded_on: r.succeeded_at.and_then(beijing_date_of),
+                out_refund_no: r.refund_no,
+                order_no: r.order_no,
+                status: r.status,
+                refund_fen: r.refund_fen,
+            };
+            refunds.insert(local.out_refund_no.clone(), local);
+        }
+
         let mut orders: HashMap<String, LocalOrder> = HashMap::new();
         let mut add = |o: BookOrder| {
             let local = LocalOrder {
@@ -227,18 +250,17 @@ impl ReconcileService {
         for o in store::orders_paid_between(&self.db, window.0, window.1).await? {
             add(o);
         }
-        let named: Vec<String> = bill
-            .map(|b| {
-                let set: HashSet<&str> = b.rows.iter().map(|r| r.out_trade_no.as_str()).collect();
-                set.into_iter().map(str::to_owned).collect()
-            })
-            .unwrap_or_default();
+        let named = distinct(
+            bill.into_iter()
+                .flat_map(|b| b.rows.iter().map(|r| r.out_trade_no.as_str()))
+                .chain(refunds.values().map(|r| r.order_no.as_str())),
+        );
         for o in store::orders_numbered(&self.db, &named).await? {
             add(o);
         }
         Ok(Books {
             orders,
-            refunds: HashMap::new(),
+            refunds,
             credited_by_reconciliation: store::credited_by_reconciliation(&self.db, date).await?,
         })
     }
@@ -253,10 +275,16 @@ impl ReconcileService {
         bill: Option<&Bill>,
         books: &Books,
     ) -> Result<Vec<Bill>, StoreError> {
-        let in_bill = |no: &str| bill.is_some_and(|b| b.rows.iter().any(|r| r.out_trade_no == no));
+        let rows = || bill.into_iter().flat_map(|b| b.rows.iter());
         let unmatched = books.orders.values().any(|o| {
-            o.status == OrderStatus::Paid && o.paid_on == Some(date) && !in_bill(&o.order_no)
-        }) || books.refunds.values().any(|r| r.succeeded_on == Some(date));
+            o.status == OrderStatus::Paid
+                && o.paid_on == Some(date)
+                && !rows().any(|r| r.out_refund_no.is_none() && r.out_trade_no == o.order_no)
+        }) || books.refunds.values().any(|r| {
+            r.status == RefundStatus::Succeeded
+                && r.succeeded_on == Some(date)
+                && !rows().any(|b| b.out_refund_no.as_deref() == Some(r.out_refund_no.as_str()))
+        });
         if !unmatched {
             return Ok(Vec::new());
         }
@@ -383,6 +411,12 @@ impl ReconcileService {
             .reconcile
             .day(start as f64 / 1000.0, report.status.as_str(), &open, &kinds);
     }
+}
+
+/// The distinct values of `items`, owned.
+fn distinct<'a>(items: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let set: HashSet<&str> = items.collect();
+    set.into_iter().map(str::to_owned).collect()
 }
 
 /// The bill as it is archived: gzip as received, or the plain text gzipped here.

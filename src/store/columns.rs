@@ -1,5 +1,5 @@
-//! How the domain's types are stored: an order's status and a ledger row's kind as their text,
-//! fen and coins as BIGINT. The domain modules (`order::state`, `money`, `store::ledger`) know
+//! How the domain's types are stored: an order's or a refund's status and a ledger row's kind
+//! as their text, fen and coins as BIGINT. The domain modules (`order::state`, `money`, `store::ledger`) know
 //! nothing of SQL; the mapping lives here, once for both backends. Reading a value the domain
 //! does not know (a status or kind written by something else) is an error, never a default.
 
@@ -13,6 +13,7 @@ use diesel::sql_types::{BigInt, Text};
 use super::ledger::LedgerKind;
 use crate::money::{Coins, Fen};
 use crate::order::state::OrderStatus;
+use crate::refund::state::RefundStatus;
 
 // `foreign_derive`: diesel's derives, generated for the wrapped type (defined elsewhere); the
 // wrappers themselves are never built.
@@ -25,6 +26,11 @@ struct OrderStatusColumn(OrderStatus);
 #[diesel(foreign_derive, sql_type = Text)]
 #[allow(dead_code)]
 struct LedgerKindColumn(LedgerKind);
+
+#[derive(AsExpression, FromSqlRow)]
+#[diesel(foreign_derive, sql_type = Text)]
+#[allow(dead_code)]
+struct RefundStatusColumn(RefundStatus);
 
 #[derive(AsExpression, FromSqlRow)]
 #[diesel(foreign_derive, sql_type = BigInt)]
@@ -84,5 +90,6 @@ macro_rules! bigint_column {
 
 text_column!(OrderStatus);
 text_column!(LedgerKind);
+text_column!(RefundStatus);
 bigint_column!(Fen);
 bigint_column!(Coins);

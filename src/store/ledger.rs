@@ -11,21 +11,28 @@ use super::{DbPool, Statement, StoreError, now_ms};
 use crate::money::{Coins, Fen};
 use crate::with_read;
 
-/// Why a balance changed: a payment credited, coins spent by our compute service, or an
-/// operator's adjustment. Stored as its lowercase name (see `store::columns`).
+/// Why a balance changed: a payment credited, coins spent by our compute service, an
+/// operator's adjustment, coins taken back for a refund, or given back when that refund's
+/// money never moved. Stored as its snake_case name (see `store::columns`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum LedgerKind {
     Recharge,
     Consume,
     Adjust,
+    /// Taken when a refund is reserved (request_id = the refund_no, order_no NULL).
+    Refund,
+    /// Given back when a reserved refund fails or closes (request_id = the refund_no).
+    RefundReversal,
 }
 
 impl LedgerKind {
-    pub const ALL: [LedgerKind; 3] = [
+    pub const ALL: [LedgerKind; 5] = [
         LedgerKind::Recharge,
         LedgerKind::Consume,
         LedgerKind::Adjust,
+        LedgerKind::Refund,
+        LedgerKind::RefundReversal,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +40,8 @@ impl LedgerKind {
             LedgerKind::Recharge => "recharge",
             LedgerKind::Consume => "consume",
             LedgerKind::Adjust => "adjust",
+            LedgerKind::Refund => "refund",
+            LedgerKind::RefundReversal => "refund_reversal",
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod ledger;
 pub mod orders;
 pub mod packages;
 pub mod reconciliations;
+pub mod refunds;
 pub mod schema;
 pub mod stats;
 pub mod users;

@@ -32,6 +32,9 @@ pub struct OrderRow {
     pub expires_at: i64,
     pub paid_at: Option<i64>,
     pub updated_at: i64,
+    /// What refunds still holding money took of the order (see `store::refunds`).
+    pub refunded_fen: i64,
+    pub refunded_coins: i64,
 }
 
 impl OrderRow {

@@ -13,13 +13,14 @@ use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
 
 use super::schema::{
     recharge_orders as o, reconciliation_bills as b, reconciliation_differences as d,
-    reconciliations as r,
+    reconciliations as r, refunds as rf,
 };
 use super::{DbPool, Statement, StoreError, now_ms};
 use crate::order::state::OrderStatus;
 use crate::reconcile::report::{
     Action, Difference, DifferenceKind, LocalTotals, ReconStatus, Report, WechatTotals,
 };
+use crate::refund::state::RefundStatus;
 use crate::with_read;
 
 /// A stored value the domain does not know (written by something else) is an error.
@@ -413,4 +414,60 @@ pub async fn orders_paid_between(
         .load(conn)
         .await?);
     Ok(rows.into_iter().map(book_order).collect())
+}
+
+/// A refund as reconciliation sees it (`refund_no` is the `out_refund_no` WeChat was sent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BookRefund {
+    pub refund_no: String,
+    pub order_no: String,
+    pub status: RefundStatus,
+    pub refund_fen: i64,
+    pub succeeded_at: Option<i64>,
+}
+
+type BookRefundRow = (String, String, RefundStatus, crate::money::Fen, Option<i64>);
+
+fn book_refund(row: BookRefundRow) -> BookRefund {
+    let (refund_no, order_no, status, fen, succeeded_at) = row;
+    BookRefund {
+        refund_no,
+        order_no,
+        status,
+        refund_fen: fen.0,
+        succeeded_at,
+    }
+}
+
+/// The refunds numbered `numbers` (the out_refund_no a bill names).
+pub async fn refunds_numbered(
+    pool: &DbPool,
+    numbers: &[String],
+) -> Result<Vec<BookRefund>, StoreError> {
+    let mut out = Vec::with_capacity(numbers.len());
+    for chunk in numbers.chunks(500) {
+        let rows: Vec<BookRefundRow> = with_read!(pool, conn => rf::table
+            .filter(rf::refund_no.eq_any(chunk))
+            .select((rf::refund_no, rf::order_no, rf::status, rf::refund_fen, rf::succeeded_at))
+            .load(conn)
+            .await?);
+        out.extend(rows.into_iter().map(book_refund));
+    }
+    Ok(out)
+}
+
+/// Refunds that succeeded in `[from_ms, to_ms)`.
+pub async fn refunds_succeeded_between(
+    pool: &DbPool,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<BookRefund>, StoreError> {
+    let rows: Vec<BookRefundRow> = with_read!(pool, conn => rf::table
+        .filter(rf::status.eq(RefundStatus::Succeeded))
+        .filter(rf::succeeded_at.ge(from_ms))
+        .filter(rf::succeeded_at.lt(to_ms))
+        .select((rf::refund_no, rf::order_no, rf::status, rf::refund_fen, rf::succeeded_at))
+        .load(conn)
+        .await?);
+    Ok(rows.into_iter().map(book_refund).collect())
 }

@@ -43,6 +43,28 @@ diesel::table! {
         expires_at -> BigInt,
         paid_at -> Nullable<BigInt>,
         updated_at -> BigInt,
+        refunded_fen -> BigInt,
+        refunded_coins -> BigInt,
+    }
+}
+
+diesel::table! {
+    refunds (id) {
+        id -> BigInt,
+        refund_no -> Text,
+        order_no -> Text,
+        user_id -> BigInt,
+        refund_fen -> BigInt,
+        coins -> BigInt,
+        status -> Text,
+        reason -> Text,
+        request_id -> Text,
+        wechat_refund_id -> Nullable<Text>,
+        wechat_err_code -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        succeeded_at -> Nullable<BigInt>,
+        version -> BigInt,
     }
 }
 
@@ -115,10 +137,12 @@ diesel::table! {
 
 diesel::joinable!(recharge_orders -> users (user_id));
 diesel::joinable!(compute_logs -> users (user_id));
+diesel::joinable!(refunds -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(
     users,
     recharge_packages,
     recharge_orders,
     compute_logs,
-    leases
+    leases,
+    refunds
 );

@@ -6,17 +6,22 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable};
 use diesel_async::RunQueryDsl;
 
+use super::ledger::LedgerKind;
 use super::ledger::LedgerRow;
-use super::schema::{compute_logs as l, recharge_orders as o};
+use super::schema::{compute_logs as l, recharge_orders as o, refunds as r};
 use super::{DbPool, StoreError};
 use crate::order::state::OrderStatus;
 use crate::refund::state::Refunded;
 use crate::with_read;
 
-/// The ledger kinds a refund writes (issue 12): coins taken back when a refund is reserved,
-/// and given back again when WeChat finally refuses it.
-pub const KIND_REFUND: &str = "refund";
-pub const KIND_REFUND_REVERSAL: &str = "refund_reversal";
+/// The refund numbers of an order: its refunds' ledger rows carry them in `request_id` (they
+/// leave `order_no` NULL, which stays unique per kind for the order's one recharge).
+#[diesel::dsl::auto_type]
+fn refund_nos_of<'a>(order_no: &'a str) -> _ {
+    r::table
+        .filter(r::order_no.eq(order_no))
+        .select(r::refund_no.nullable())
+}
 
 /// Paid orders whose `paid_at` falls in `[from_ms, to_ms)`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -49,7 +54,7 @@ pub async fn paid_between(
 /// Every ledger row that names `order_no` (its recharge, and any refund rows), oldest first.
 pub async fn ledger_for_order(pool: &DbPool, order_no: &str) -> Result<Vec<LedgerRow>, StoreError> {
     Ok(with_read!(pool, conn => l::table
-        .filter(l::order_no.eq(order_no))
+        .filter(l::order_no.eq(order_no).or(l::request_id.eq_any(refund_nos_of(order_no))))
         .order(l::id.asc())
         .select(LedgerRow::as_select())
         .load(conn)
@@ -59,9 +64,9 @@ pub async fn ledger_for_order(pool: &DbPool, order_no: &str) -> Result<Vec<Ledge
 /// What the ledger says has been taken back for one order: coins (net of reversals) and fen
 /// (the `amount_fen` of refund rows, net of reversals).
 pub async fn refunded_by_ledger(pool: &DbPool, order_no: &str) -> Result<Refunded, StoreError> {
-    let rows: Vec<(String, i64, Option<i64>)> = with_read!(pool, conn => l::table
-        .filter(l::order_no.eq(order_no))
-        .filter(l::kind.eq_any([KIND_REFUND, KIND_REFUND_REVERSAL]))
+    let rows: Vec<(LedgerKind, i64, Option<i64>)> = with_read!(pool, conn => l::table
+        .filter(l::request_id.eq_any(refund_nos_of(order_no)))
+        .filter(l::kind.eq_any([LedgerKind::Refund, LedgerKind::RefundReversal]))
         .select((l::kind, l::delta, l::amount_fen))
         .load(conn)
         .await?);
@@ -70,7 +75,11 @@ pub async fn refunded_by_ledger(pool: &DbPool, order_no: &str) -> Result<Refunde
         .fold(Refunded::default(), |acc, (kind, delta, fen)| {
             // A refund row takes coins (negative delta); its reversal gives them back.
             let fen = fen.unwrap_or(0);
-            let fen = if kind == KIND_REFUND { fen } else { -fen };
+            let fen = if kind == LedgerKind::Refund {
+                fen
+            } else {
+                -fen
+            };
             Refunded {
                 coins: acc.coins - delta,
                 fen: acc.fen + fen,

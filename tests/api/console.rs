@@ -3,8 +3,8 @@
 //! binary on SQLite with its simulator. Screenshots of every screen, at 1280×800 and 380 px
 //! wide, are written to target/console-screenshots/.
 //!
-//! `refund_and_reconciliation_screens` needs the refund and reconciliation backends (issues 12
-//! and 13), which are not on this branch: it is `#[ignore]`d with that reason until they land.
+//! `refund_and_reconciliation_screens` drives the refund and reconciliation screens (issues 12
+//! and 13) against their backends.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -675,9 +675,9 @@ async fn an_operator_works_through_every_screen_in_a_real_browser() {
     wait_text(&c, "packages-table", "inactive").await;
     assert_no_js_dialog(&c).await;
 
-    // Reconciliation: its backend (issue 13) is not on this server; the screen says so.
+    // Reconciliation (issue 13): no day reconciled yet; the list says so.
     go(&c, &app, "#/recon").await;
-    wait_text(&c, "recon-error", "not available").await;
+    wait_text(&c, "recon-list", "Nothing here").await;
     shot(&c, "recon-1280").await;
 
     // The overview refreshes by itself: the re-checked payment shows without a reload.
@@ -717,7 +717,7 @@ async fn an_operator_works_through_every_screen_in_a_real_browser() {
         (&format!("#/order/{paid}") as &str, "order", "order-status"),
         (&format!("#/user/{uid}"), "user", "user-balance"),
         ("#/packages", "packages", "packages-table"),
-        ("#/recon", "recon", "recon-error"),
+        ("#/recon", "recon", "recon-list"),
     ] {
         go(&phone, &app, hash).await;
         by_id(&phone, ready).await;
@@ -730,11 +730,10 @@ async fn an_operator_works_through_every_screen_in_a_real_browser() {
     db.assert_invariants().await;
 }
 
-/// Needs the refund backend (issue 12: POST/GET /api/v1/admin/orders/{no}/refunds,
-/// `refunded_fen` on the admin order) and the reconciliation backend (issue 13:
-/// /api/v1/admin/reconciliations). Enable once both are merged.
+/// The refund backend (issue 12: POST/GET /api/v1/admin/orders/{no}/refunds, `refunded_fen` on
+/// the admin order) and the reconciliation backend (issue 13: /api/v1/admin/reconciliations)
+/// through their screens.
 #[actix_web::test]
-#[ignore = "needs the refund (issue 12) and reconciliation (issue 13) backends"]
 async fn refund_and_reconciliation_screens() {
     let db = TestDb::new(&Backend::Sqlite).await;
     let app = console_app(&db);

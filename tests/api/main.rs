@@ -16,6 +16,7 @@ mod foundation;
 mod ops;
 mod payments;
 mod reconcile;
+mod refunds;
 mod resilience;
 mod sandbox;
 mod shop;

@@ -561,3 +561,84 @@ async fn two_instances_one_reconciliation(backend: Backend) {
     assert_eq!(a.order(&token, &no).await["status"], "paid");
     db.assert_invariants().await;
 }
+
+backend_test!(refunds_matched_missing_at_wechat_and_changed);
+async fn refunds_matched_missing_at_wechat_and_changed(backend: Backend) {
+    let db = TestDb::new(&backend).await;
+    let app = admin_app(&db).spawn();
+    let (token, no) = paid_order(&app, "recon-refunds", "").await;
+    wait_balance(&app, &token, 330).await;
+    let r = app
+        .post_json(
+            &format!("/api/v1/admin/orders/{no}/refunds"),
+            Some(ADMIN_TOKEN),
+            &json!({"refund_fen": 1000, "reason": "reconciliation test", "request_id": "recon-r1"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let refund_no = r.json()["refund_no"]
+        .as_str()
+        .expect("refund_no")
+        .to_string();
+    wait_until("the refund succeeded", WAIT, || async {
+        app.get(
+            &format!("/api/v1/admin/refunds/{refund_no}"),
+            Some(ADMIN_TOKEN),
+        )
+        .await
+        .json()["status"]
+            == "succeeded"
+    })
+    .await;
+    assert_eq!(app.balance(&token).await, 220);
+
+    // Both sides have the payment and the refund.
+    let today = beijing_today();
+    let report = reconcile(&app, today).await;
+    assert_eq!(report["status"], "balanced", "{report}");
+    assert_eq!(report["wechat"]["refund_fen"], 1000);
+    assert_eq!(report["local"]["refund_fen"], 1000);
+    assert_eq!(report["wechat"]["count"], 1);
+    assert_eq!(report["local"]["count"], 1);
+
+    // WeChat's bill without the refund: it is missing there.
+    bill_faults(&app, json!({ "drop": [refund_no] })).await;
+    let report = reconcile(&app, today).await;
+    assert_eq!(
+        kinds(&report),
+        vec![("refund_missing_remote".to_string(), "flagged".to_string())],
+        "{report}"
+    );
+    let d = &report["differences"][0];
+    assert_eq!(d["out_refund_no"], refund_no.as_str());
+    assert_eq!(d["order_no"], no.as_str());
+    assert!(
+        d["transaction_id"].as_str().is_some_and(|t| !t.is_empty()),
+        "{d}"
+    );
+    assert_eq!(
+        (d["wechat_fen"].clone(), d["local_fen"].clone()),
+        (Value::Null, json!(1000))
+    );
+
+    // Another amount in the bill.
+    bill_faults(
+        &app,
+        json!({ "change_amount": {"id": refund_no, "fen": 900} }),
+    )
+    .await;
+    let report = reconcile(&app, today).await;
+    assert_eq!(
+        kinds(&report),
+        vec![("refund_amount_mismatch".to_string(), "flagged".to_string())],
+        "{report}"
+    );
+    let d = &report["differences"][0];
+    assert_eq!(
+        (d["wechat_fen"].clone(), d["local_fen"].clone()),
+        (json!(900), json!(1000))
+    );
+    // Flagged only: the refund and the balance are as they were.
+    assert_eq!(app.balance(&token).await, 220);
+    db.assert_invariants().await;
+}

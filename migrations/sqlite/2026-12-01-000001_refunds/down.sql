@@ -1,0 +1,3 @@
+ALTER TABLE recharge_orders DROP COLUMN refunded_coins;
+ALTER TABLE recharge_orders DROP COLUMN refunded_fen;
+DROP TABLE refunds;
