@@ -209,6 +209,8 @@ impl From<RefundError> for AppError {
             RefundError::RequestIdConflict => AppError::RequestIdConflict,
             RefundError::NotFound => AppError::NotFound("refund"),
             RefundError::Storage(s) => AppError::Storage(s),
+            // A panic or a closed mailbox: nothing was decided; the same request_id may retry.
+            RefundError::Actor(_) => AppError::OrderBusy,
             RefundError::Refused(r) => match r {
                 ReserveRefusal::OrderNotFound => AppError::NotFound("order"),
                 ReserveRefusal::NotPaid(status) => AppError::OrderNotPaid(status.to_string()),

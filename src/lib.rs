@@ -13,6 +13,7 @@ pub mod order;
 pub mod reconcile;
 pub mod redis;
 pub mod refund;
+pub mod registry;
 pub mod sandbox;
 pub mod schema_sql;
 pub mod service;

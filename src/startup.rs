@@ -13,7 +13,7 @@ use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::order::actor::OrderCore;
 use crate::order::number::OrderNumbers;
-use crate::order::registry::OrderRegistry;
+use crate::order::registry::order_registry;
 use crate::order::sweeper::{SweepConfig, Sweeper};
 use crate::redis::{RedisError, redis_pool};
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxTls, serve_tls};
@@ -216,7 +216,7 @@ impl Application {
             metrics: metrics.clone(),
             settings: settings.clone(),
         });
-        let registry = OrderRegistry::new(
+        let registry = order_registry(
             core,
             Duration::from_secs(settings.actor_idle_secs),
             Duration::from_secs(settings.actor_linger_secs),
@@ -402,7 +402,7 @@ pub async fn reconcile_once(
         metrics: metrics.clone(),
         settings: settings.clone(),
     });
-    let registry = OrderRegistry::new(
+    let registry = order_registry(
         core,
         Duration::from_secs(settings.actor_idle_secs),
         Duration::from_secs(settings.actor_linger_secs),

@@ -19,7 +19,7 @@ use super::auth::AdminCaller;
 use super::views::time;
 use crate::error::AppError;
 use crate::order::number::BEIJING;
-use crate::store::{now_ms, orders, reconciliations, stats};
+use crate::store::{now_ms, orders, reconciliations, refunds, stats};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(overview);
@@ -31,6 +31,7 @@ async fn overview(_a: AdminCaller, st: web::Data<AppState>) -> Result<HttpRespon
     let (day, from, to) = beijing_day(now);
     let paid = stats::paid_between(&st.db, from, to).await?;
     let (pending, oldest) = orders::pending_stats(&st.db).await?;
+    let (refunding, oldest_refund) = refunds::processing_stats(&st.db).await?;
     let (last_reconciliation, _) = reconciliations::latest(&st.db).await?;
     let counts = notification_counts(&st.metrics.encode());
     let (since, outcomes) = NOTIFICATIONS
@@ -45,8 +46,11 @@ async fn overview(_a: AdminCaller, st: web::Data<AppState>) -> Result<HttpRespon
             "oldest_created_at": oldest.map(time),
             "oldest_age_seconds": oldest.map(|t| (now - t).max(0) / 1000),
         },
-        // Filled in by the refund backend (issue 12); null means this server has none.
-        "refunds_processing": null,
+        "refunds_processing": {
+            "count": refunding,
+            "oldest_created_at": oldest_refund.map(time),
+            "oldest_age_seconds": oldest_refund.map(|t| (now - t).max(0) / 1000),
+        },
         // The latest bill date with a report; null before the first reconciliation.
         "last_reconciliation": last_reconciliation.map(|d| json!({
             "bill_date": d.bill_date.format("%Y-%m-%d").to_string(),

@@ -3,7 +3,7 @@
 //! then XML safety, return_code, appid/mch_id and the decryption of `req_info`
 //! (`wechat::refund_notify::parse`; the notification has no signature: decrypting with the API
 //! key is its authentication). The refund must be known and its order and amount must match;
-//! the result is then decided and applied by `RefundService`, and SUCCESS is answered only
+//! the result is then decided and applied by the refund's actor, and SUCCESS is answered only
 //! after that commit. A duplicate is SUCCESS and changes nothing; anything else is FAIL (WeChat
 //! retries) and changes nothing.
 
@@ -13,7 +13,7 @@ use actix_web::{HttpResponse, Resource, guard, web};
 use tracing::Instrument;
 
 use super::{AppState, ClientIp};
-use crate::refund::state::{RefundDecision, RefundEvent, RefundStay};
+use crate::refund::state::{RefundDecision, RefundStay};
 use crate::service::refunds::{RefundError, Settled, wechat_state};
 use crate::wechat::refund_notify::{self, RefundNotification};
 use crate::wechat::xml;
@@ -93,11 +93,9 @@ async fn settle(st: &AppState, n: &RefundNotification) -> Answer {
                 return (StatusCode::OK, Some("参数格式校验错误"), "bad_req_info");
             }
             Some(state) => {
-                let ev = RefundEvent::Result {
-                    state,
-                    refund_fen: info.refund_fee,
-                };
-                st.refunds.decide(&info.out_refund_no, &ev).await
+                st.refunds
+                    .notified(&info.out_refund_no, state, info.refund_fee)
+                    .await
             }
         },
         Err(e) => Err(e),

@@ -87,7 +87,7 @@ async fn list_refunds(
 ) -> Result<HttpResponse, AppError> {
     let rows = st.refunds.list_for_order(&path).await?;
     let items: Vec<RefundView> = rows.iter().map(RefundView::from).collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items })))
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "refunds": items })))
 }
 
 #[get("/refunds/{refund_no}")]

@@ -130,8 +130,7 @@ pub enum Prepared {
     Unchanged(OrderRow),
 }
 
-/// Called once when the actor stops, so that new messages go to a fresh actor.
-pub type Deregister = Box<dyn FnOnce() + Send>;
+use crate::registry::Deregister;
 
 pub struct OrderActor {
     order_no: String,

@@ -1,13 +1,10 @@
 //! Refunds as the application sees them: an operator's request (checked, then reserved in one
-//! transaction by `store::refunds::reserve`, then sent to WeChat over mutual TLS), WeChat's
-//! results (refund notifications and refundquery) and the poller that asks about refunds left
-//! `processing`.
+//! transaction by `store::refunds::reserve`, then handed to the refund's actor, which sends it
+//! to WeChat over mutual TLS), WeChat's results (refund notifications, handed to the actor) and
+//! the poller's questions about refunds left `processing` (also the actor's).
 //!
-//! Every event about a refund goes through [`RefundService::decide`]: the pure
-//! `refund::state::transition` decides once on the row as read, and the store applies the
-//! decision with a compare-and-set on the row's version; a concurrent decider that lost the
-//! race reloads and decides again (then usually sees a duplicate). That gives the exactly-once
-//! of the order actors without a mailbox: a refund has few events, all of them idempotent.
+//! Every event about a refund is decided by its actor (`refund::actor`), once, by the pure
+//! `refund::state::transition`, and applied by the store with a compare-and-set.
 
 use std::sync::Arc;
 
@@ -15,23 +12,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::money::Fen;
-use crate::refund::state::{
-    RefundDecision, RefundEffect, RefundEvent, RefundFacts, RefundStatus, Submission,
-    WechatRefundState, transition,
+use crate::refund::actor::{
+    Notified, Poll, RefundActorError, RefundCore, RefundRegistry, Submit, refund_registry,
 };
+pub use crate::refund::actor::{Settled, wechat_state};
+use crate::refund::state::WechatRefundState;
 use crate::store::refunds::{self, NewRefund, RefundRow, ReserveRefusal, Reserved};
 use crate::store::{DbPool, StoreError, now_ms};
-use crate::wechat::client::{PayCredentials, WechatError};
-use crate::wechat::refund::{
-    MAX_REFUND_DESC_CHARS, RefundClient, RefundDisposition, RefundQueryKey, RefundRequest,
-    RefundStatus as Wx,
-};
+use crate::wechat::client::PayCredentials;
+use crate::wechat::refund::RefundClient;
 
 /// Longest `reason` and `request_id` kept (the columns' sizes).
 pub const MAX_REASON_CHARS: usize = 255;
 pub const MAX_REQUEST_ID: usize = 64;
-/// Compare-and-set attempts before an event is given up (it is retried by its sender).
-const DECIDE_ATTEMPTS: usize = 5;
 /// Refunds asked about per poller run.
 const POLL_BATCH: i64 = 100;
 
@@ -52,6 +45,19 @@ pub enum RefundError {
     NotFound,
     #[error(transparent)]
     Storage(#[from] StoreError),
+    #[error(transparent)]
+    Actor(RefundActorError),
+}
+
+impl From<RefundActorError> for RefundError {
+    fn from(e: RefundActorError) -> Self {
+        match e {
+            RefundActorError::NotFound => RefundError::NotFound,
+            RefundActorError::Disabled => RefundError::Disabled,
+            RefundActorError::Storage(e) => RefundError::Storage(e),
+            e => RefundError::Actor(e),
+        }
+    }
 }
 
 /// An operator's refund request, as received.
@@ -61,18 +67,11 @@ pub struct RefundInput {
     pub request_id: String,
 }
 
-/// What became of a result (notification or refundquery) for a refund.
-#[derive(Debug)]
-pub enum Settled {
-    Moved(RefundRow),
-    Unchanged(RefundRow, RefundDecision),
-}
-
 pub struct RefundService {
     db: DbPool,
+    registry: RefundRegistry,
     /// The refund client; it exists only where the merchant's client certificate is loaded.
     pay: Option<RefundClient>,
-    notify_url: Option<String>,
     poll_after_ms: i64,
     metrics: Arc<Metrics>,
 }
@@ -85,10 +84,16 @@ impl RefundService {
         poll_after_secs: u64,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let registry = refund_registry(Arc::new(RefundCore {
+            db: db.clone(),
+            wechat: pay.clone(),
+            notify_url,
+            metrics: metrics.clone(),
+        }));
         RefundService {
             db,
+            registry,
             pay,
-            notify_url,
             poll_after_ms: i64::try_from(poll_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             metrics,
         }
@@ -157,127 +162,21 @@ impl RefundService {
         };
         self.metrics.refund_event("created");
         tracing::info!(order_no, refund_no = %row.refund_no, refund_fen = row.refund_fen.0, coins = row.coins.0, "refund reserved");
-        let row = self.submit(row).await?;
+        let row = self.registry.send(&row.refund_no, Submit).await?;
         Ok((row, true))
     }
 
-    /// Sends the refund to WeChat (again, with the same out_refund_no and amounts) and applies
-    /// the answer.
-    pub async fn submit(&self, row: RefundRow) -> Result<RefundRow, RefundError> {
-        let Some(pay) = &self.pay else {
-            return Ok(row);
-        };
-        let Some(order) = refunds::order(&self.db, &row.order_no).await? else {
-            return Ok(row);
-        };
-        let submission = match self.request(&row, &order) {
-            Err(e) => Submission::Refused {
-                err_code: format!("INVALID_REQUEST: {e}"),
-            },
-            Ok(req) => match pay.refund(&req).await {
-                Ok(accepted) => Submission::Accepted {
-                    refund_id: Some(accepted.refund_id),
-                },
-                Err(e) => match e.refund_disposition() {
-                    RefundDisposition::Retry => Submission::Retry {
-                        reason: e.to_string(),
-                    },
-                    RefundDisposition::Final => Submission::Refused { err_code: e.code() },
-                },
-            },
-        };
-        let refund_id = match &submission {
-            Submission::Accepted { refund_id } => refund_id.clone(),
-            _ => None,
-        };
-        if let Submission::Retry { reason } = &submission {
-            self.metrics.refund_event("retry");
-            tracing::warn!(refund_no = %row.refund_no, order_no = %row.order_no, reason, "refund call to retry with the same out_refund_no");
-        }
-        let settled = self
-            .decide(&row.refund_no, &RefundEvent::Submitted(submission))
-            .await?;
-        let row = match settled {
-            Settled::Moved(r) => r,
-            Settled::Unchanged(r, _) => {
-                refunds::touch(&self.db, &r.refund_no, refund_id.as_deref()).await?;
-                r
-            }
-        };
-        Ok(refunds::get(&self.db, &row.refund_no).await?.unwrap_or(row))
-    }
-
-    fn request(
-        &self,
-        row: &RefundRow,
-        order: &refunds::RefundableOrder,
-    ) -> Result<RefundRequest, crate::wechat::refund::InvalidRefund> {
-        let desc: String = row.reason.chars().take(MAX_REFUND_DESC_CHARS).collect();
-        let mut req = RefundRequest::new(
-            &row.order_no,
-            &row.refund_no,
-            order.amount_fen.0,
-            row.refund_fen.0,
-        )?
-        .refund_desc(&desc)?;
-        if let Some(t) = &order.transaction_id {
-            req = req.transaction_id(t);
-        }
-        if let Some(url) = &self.notify_url {
-            req = req.notify_url(url)?;
-        }
-        Ok(req)
-    }
-
-    /// Decides `event` on the refund as stored and applies the decision; reloads and decides
-    /// again when another decider moved the row first.
-    pub async fn decide(
+    /// A verified refund notification for `refund_no`, decided and applied by its actor.
+    pub async fn notified(
         &self,
         refund_no: &str,
-        event: &RefundEvent,
+        state: WechatRefundState,
+        refund_fen: i64,
     ) -> Result<Settled, RefundError> {
-        for _ in 0..DECIDE_ATTEMPTS {
-            let row = refunds::get(&self.db, refund_no)
-                .await?
-                .ok_or(RefundError::NotFound)?;
-            let facts = RefundFacts {
-                status: row.status,
-                refund_fen: row.refund_fen.0,
-            };
-            let decision = transition(&facts, event);
-            let RefundDecision::Move { to, effect } = &decision else {
-                return Ok(Settled::Unchanged(row, decision));
-            };
-            match refunds::apply(&self.db, &row, *to, effect).await {
-                Ok(moved) => {
-                    self.record_move(&moved, *to, effect);
-                    return Ok(Settled::Moved(moved));
-                }
-                Err(StoreError::Conflict) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(StoreError::Conflict.into())
-    }
-
-    fn record_move(&self, row: &RefundRow, to: RefundStatus, effect: &RefundEffect) {
-        self.metrics.refund_event(to.as_str());
-        if to == RefundStatus::Succeeded {
-            self.metrics
-                .refunded_fen
-                .inc_by(row.refund_fen.0.max(0) as u64);
-        }
-        match effect {
-            RefundEffect::MarkAbnormal => {
-                tracing::error!(refund_no = %row.refund_no, order_no = %row.order_no, "refund abnormal (CHANGE): the money did not reach the payer; settle by hand")
-            }
-            RefundEffect::Reverse { err_code } => {
-                tracing::warn!(refund_no = %row.refund_no, order_no = %row.order_no, status = %to, err_code = ?err_code, coins = row.coins.0, "refund not made; coins given back")
-            }
-            RefundEffect::Succeed { .. } => {
-                tracing::info!(refund_no = %row.refund_no, order_no = %row.order_no, "refund succeeded")
-            }
-        }
+        Ok(self
+            .registry
+            .send(refund_no, Notified { state, refund_fen })
+            .await?)
     }
 
     pub async fn get(&self, refund_no: &str) -> Result<RefundRow, RefundError> {
@@ -290,39 +189,22 @@ impl RefundService {
         Ok(refunds::list_for_order(&self.db, order_no).await?)
     }
 
-    /// One poller run: every refund still processing past the interval is asked about with
-    /// refundquery and settled by the answer; one WeChat has never heard of (the call was
-    /// lost, or we crashed before making it) is sent again with the same out_refund_no.
+    /// One poller run: every refund still processing past the interval is asked about by its
+    /// actor (refundquery, or the refund sent again when WeChat never heard of it). Stops
+    /// between refunds once `cancel` is cancelled.
     pub async fn poll(&self, cancel: &CancellationToken) -> Result<usize, StoreError> {
-        let Some(pay) = &self.pay else {
+        if self.pay.is_none() {
             return Ok(0);
-        };
+        }
         let due = refunds::due(&self.db, now_ms() - self.poll_after_ms, POLL_BATCH).await?;
         let n = due.len();
         for row in due {
             if cancel.is_cancelled() {
                 break;
             }
-            let key = RefundQueryKey::OutRefundNo(row.refund_no.clone());
-            let result = match pay.pay().refund_query(&key).await {
-                Ok(q) => match q.find(&row.refund_no).and_then(result_event) {
-                    Some(ev) => self.decide(&row.refund_no, &ev).await.map(|_| ()),
-                    None => Ok(()),
-                },
-                Err(WechatError::Business { code, .. }) if code == "REFUNDNOTEXIST" => {
-                    tracing::warn!(refund_no = %row.refund_no, order_no = %row.order_no, "WeChat has no such refund: sending it again");
-                    self.submit(row.clone()).await.map(|_| ())
-                }
-                Err(e) => {
-                    tracing::warn!(refund_no = %row.refund_no, error = %e, "refundquery failed; asking again later");
-                    Ok(())
-                }
-            };
-            if let Err(e) = result {
-                tracing::warn!(refund_no = %row.refund_no, error = %e, "refund not settled by the poller");
+            if let Err(e) = self.registry.send(&row.refund_no, Poll).await {
+                tracing::warn!(refund_no = %row.refund_no, order_no = %row.order_no, error = %e, "refund not settled by the poller");
             }
-            // Whatever happened, the next question comes one interval later.
-            refunds::touch(&self.db, &row.refund_no, None).await?;
         }
         Ok(n)
     }
@@ -339,31 +221,6 @@ fn replay(
     } else {
         Err(RefundError::RequestIdConflict)
     }
-}
-
-/// WeChat's view of one refund as a state-machine event (`None` for a status we do not know).
-pub fn result_event(rec: &crate::wechat::refund::RefundRecord) -> Option<RefundEvent> {
-    wechat_state(&rec.status, &rec.refund_id, rec.success_time).map(|state| RefundEvent::Result {
-        state,
-        refund_fen: rec.refund_fee,
-    })
-}
-
-pub fn wechat_state(
-    status: &Wx,
-    refund_id: &str,
-    success_time: Option<chrono::DateTime<chrono::Utc>>,
-) -> Option<WechatRefundState> {
-    Some(match status {
-        Wx::Success => WechatRefundState::Success {
-            refund_id: refund_id.to_string(),
-            success_at: success_time.map(|t| t.timestamp_millis()),
-        },
-        Wx::RefundClose => WechatRefundState::Closed,
-        Wx::Change => WechatRefundState::Change,
-        Wx::Processing => WechatRefundState::Processing,
-        Wx::Other(_) => return None,
-    })
 }
 
 /// `RF` + UTC time to the second + 16 random alphanumerics: 32 characters, within WeChat's

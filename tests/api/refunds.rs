@@ -166,7 +166,7 @@ async fn full_and_partial_refunds_add_up_to_the_order(backend: Backend) {
         )
         .await
         .json();
-    assert_eq!(list["items"].as_array().map(Vec::len), Some(3), "{list}");
+    assert_eq!(list["refunds"].as_array().map(Vec::len), Some(3), "{list}");
     // Nothing left: 1 fen more is over the refundable rest.
     let r = refund(
         &app,
@@ -256,7 +256,7 @@ async fn refusals_never_call_wechat(backend: Backend) {
         )
         .await
         .json();
-    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
+    assert_eq!(list["refunds"].as_array().map(Vec::len), Some(0), "{list}");
     db.assert_invariants().await;
 }
 backend_test!(refusals_never_call_wechat);
@@ -385,3 +385,260 @@ async fn systemerror_retry_final_refusal_close_and_change(backend: Backend) {
     db.assert_invariants().await;
 }
 backend_test!(systemerror_retry_final_refusal_close_and_change);
+
+/// The admin overview's count of refunds processing.
+async fn processing(app: &App) -> Value {
+    let r = app.get("/api/v1/admin/overview", Some(ADMIN_TOKEN)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["refunds_processing"]["count"].clone()
+}
+
+/// POSTs a refund notification body to our refund callback.
+async fn notify_refund(app: &App, body: Vec<u8>) -> Resp {
+    let r = client()
+        .post(app.url("/api/v1/client/coin/refund/callback"))
+        .insert_header(("Content-Type", "text/xml"));
+    send(r, Some(body)).await
+}
+
+/// The decrypted fields of a refund notification for `refund`, with `status` and `refund_fee`.
+fn refund_info(refund: &Value, status: &str, refund_fee: i64) -> Vec<(&'static str, String)> {
+    let s = |k: &str| refund[k].as_str().unwrap_or_default().to_string();
+    vec![
+        ("out_refund_no", s("refund_no")),
+        ("out_trade_no", s("order_no")),
+        ("transaction_id", "4200000000202612010000000001".into()),
+        ("refund_id", "50300000012026120100000000001".into()),
+        ("total_fee", "600".into()),
+        ("refund_fee", refund_fee.to_string()),
+        ("settlement_refund_fee", refund_fee.to_string()),
+        ("refund_status", status.into()),
+        ("success_time", "2026-12-01 12:05:00".into()),
+        ("refund_recv_accout", "支付用户零钱".into()),
+        ("refund_request_source", "API".into()),
+    ]
+}
+
+async fn refund_notifications_forged_undecryptable_duplicate(backend: Backend) {
+    let db = TestDb::new(&backend).await;
+    let app = refund_app(&db).spawn();
+    // WeChat accepts the refunds but settles none by itself: the notifications below do.
+    sim_faults(&app, json!({"outcome": "PROCESSING"})).await;
+    let (token, _, order_no, amount, coins) = paid_order(&app, "refund-notify", 1).await;
+    assert_eq!((amount, coins), (600, 60));
+    let r = refund(
+        &app,
+        &order_no,
+        &json!({"refund_fen": 300, "reason": "notify", "request_id": "n-1"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let rf = r.json();
+    assert_eq!(rf["status"], "processing", "{rf}");
+    let no = rf["refund_no"].as_str().expect("refund_no").to_string();
+    assert_eq!(app.balance(&token).await, 30);
+    assert_eq!(processing(&app).await, 1);
+    let is_fail = |r: &Resp| r.status != 200 || r.text().contains("FAIL");
+
+    // Encrypted with another key: undecryptable, FAIL, nothing changes.
+    let forged = refund_notification(
+        &refund_info(&rf, "REFUNDCLOSE", 300),
+        Some("0123456789abcdef0123456789abcdef"),
+    );
+    assert!(is_fail(&notify_refund(&app, forged).await));
+    // Garbage where req_info should be.
+    let c = sandbox_creds();
+    let garbage = format!(
+        "<xml><return_code>SUCCESS</return_code><appid>{}</appid><mch_id>{}</mch_id><nonce_str>n</nonce_str><req_info>bm90IGVuY3J5cHRlZA==</req_info></xml>",
+        c.app_id, c.mch_id
+    );
+    assert!(is_fail(&notify_refund(&app, garbage.into_bytes()).await));
+    // Another amount than the refund's, and an unknown refund: FAIL.
+    let other_amount = refund_notification(&refund_info(&rf, "SUCCESS", 299), None);
+    assert!(is_fail(&notify_refund(&app, other_amount).await));
+    let mut unknown = rf.clone();
+    unknown["refund_no"] = json!("RF20261201000000NOSUCHREFUND0001");
+    let unknown = refund_notification(&refund_info(&unknown, "SUCCESS", 300), None);
+    assert!(is_fail(&notify_refund(&app, unknown).await));
+    assert_eq!(refund_status(&app, &no).await["status"], "processing");
+    assert_eq!(app.balance(&token).await, 30);
+
+    // The real one: SUCCESS, byte for byte, once committed.
+    let real = refund_notification(&refund_info(&rf, "SUCCESS", 300), None);
+    let r = notify_refund(&app, real.clone()).await;
+    assert_eq!((r.status, r.text()), (200, SUCCESS.to_string()));
+    let settled = refund_status(&app, &no).await;
+    assert_eq!(settled["status"], "succeeded", "{settled}");
+    assert_eq!(processing(&app).await, 0);
+    // A duplicate: SUCCESS again, nothing changes.
+    let r = notify_refund(&app, real).await;
+    assert_eq!((r.status, r.text()), (200, SUCCESS.to_string()));
+    assert_eq!(refund_status(&app, &no).await, settled);
+    // A contradicting REFUNDCLOSE after the success: FAIL, the coins stay taken.
+    let close = refund_notification(&refund_info(&rf, "REFUNDCLOSE", 300), None);
+    assert!(is_fail(&notify_refund(&app, close).await));
+    assert_eq!(refund_status(&app, &no).await["status"], "succeeded");
+    assert_eq!(app.balance(&token).await, 30);
+    let m = app.metrics().await;
+    assert!(
+        sample(
+            &m,
+            "coinpay_refund_notifications_total{outcome=\"duplicate\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+    db.assert_invariants().await;
+}
+backend_test!(refund_notifications_forged_undecryptable_duplicate);
+
+async fn never_notified_refund_settled_by_refundquery(backend: Backend) {
+    let db = TestDb::new(&backend).await;
+    let app = refund_app(&db)
+        .env("ORDER_SWEEP_CRON", "* * * * * *")
+        .env("REFUND_POLL_AFTER_SECS", "1")
+        .spawn();
+    sim_faults(&app, json!({"never_notify": true})).await;
+    let (token, _, order_no, _, _) = paid_order(&app, "refund-poll", 1).await;
+    let r = refund(
+        &app,
+        &order_no,
+        &json!({"refund_fen": 600, "reason": "poll", "request_id": "p-1"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let no = r.json()["refund_no"].as_str().expect("no").to_string();
+    let settled = wait_refund(&app, &no, "succeeded").await;
+    assert!(settled["wechat_refund_id"].is_string(), "{settled}");
+    let sim = app
+        .get(&format!("/sandbox/simulate/refunds/{no}"), None)
+        .await
+        .json();
+    assert_eq!(sim["notify_attempts"], 0, "{sim}");
+    assert_eq!(app.balance(&token).await, 0);
+    db.assert_invariants().await;
+}
+backend_test!(never_notified_refund_settled_by_refundquery);
+
+async fn refund_racing_a_consume_never_both(backend: Backend) {
+    let db = TestDb::new(&backend).await;
+    let app = refund_app(&db).spawn();
+    for i in 0..4 {
+        let (token, user_id, order_no, _, coins) =
+            paid_order(&app, &format!("refund-race-{i}"), 1).await;
+        let spend = json!({"user_id": user_id, "amount": coins, "request_id": format!("race-{i}"), "reason": "job"});
+        let consume = app.post_json(
+            "/api/v1/internal/coin/consume",
+            Some(INTERNAL_TOKEN),
+            &spend,
+        );
+        let body =
+            json!({"refund_fen": 600, "reason": "race", "request_id": format!("race-r-{i}")});
+        let refunded = refund(&app, &order_no, &body);
+        let (c, r) = futures_util::join!(consume, refunded);
+        let consumed = c.status == 200;
+        let reserved = r.status == 201;
+        assert!(
+            consumed != reserved,
+            "exactly one may win: consume {} {}, refund {} {}",
+            c.status,
+            c.text(),
+            r.status,
+            r.text()
+        );
+        if !reserved {
+            assert_eq!(r.json()["error"]["code"], "insufficient_balance");
+        }
+        assert_eq!(app.balance(&token).await, 0);
+    }
+    db.assert_invariants().await;
+}
+backend_test!(refund_racing_a_consume_never_both);
+
+async fn kill_nine_between_reservation_and_answer_settles_once(backend: Backend) {
+    let db = TestDb::new(&backend).await;
+    // WeChat outlives coinpay: a simulator of its own, with its TLS listener for refunds.
+    let tls_dir = tempfile::tempdir().expect("tempdir");
+    let tls_port = free_port();
+    let sim = standalone_tls_sandbox(tls_port, tls_dir.path());
+    let pem = |f: &str| tls_dir.path().join(f).display().to_string();
+    wait_until("the simulator's certificates", WAIT, || async {
+        tls_dir.path().join("apiclient_key.pem").exists()
+    })
+    .await;
+    let base = format!("https://127.0.0.1:{tls_port}");
+    let port = free_port();
+    let with_tls = |b: AppBuilder| {
+        // Pay calls over TLS (WECHAT_PAY_CA_PATH trusts the simulator's CA), login over HTTP.
+        b.against_base(&base, port)
+            .env("WECHAT_API_BASE", &sim.base)
+            .env("WECHAT_PAY_CERT_PATH", &pem("apiclient_cert.pem"))
+            .env("WECHAT_PAY_KEY_PATH", &pem("apiclient_key.pem"))
+            .env("WECHAT_PAY_CA_PATH", &pem("ca.pem"))
+            .env("REFUND_POLL_AFTER_SECS", "1")
+            .env("INTERNAL_API_TOKEN", INTERNAL_TOKEN)
+            .env("ADMIN_API_TOKEN", ADMIN_TOKEN)
+    };
+    let mut app1 = with_tls(app(&db)).spawn();
+    let (token, _) = app1.login("refund-kill").await;
+    let order_no = app1.order_no(&token, 1).await;
+    let r = sim.sim_pay("", &order_no, "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_balance(&app1, &token, 60).await;
+
+    // WeChat is slow to answer: the refund is reserved, its call in flight, when coinpay dies.
+    let r = sim
+        .post_json(
+            "/simulate/refunds/faults",
+            None,
+            &json!({"latency_ms": 3000}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let url = app1.url(&format!("/api/v1/admin/orders/{order_no}/refunds"));
+    let body =
+        serde_json::to_vec(&json!({"refund_fen": 600, "reason": "kill", "request_id": "kill-1"}))
+            .expect("json");
+    let in_flight = actix_rt::spawn(async move {
+        let r = client()
+            .post(url)
+            .insert_header(("Content-Type", "application/json"))
+            .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")));
+        r.send_body(body).await.map(|res| res.status().as_u16())
+    });
+    wait_until("the refund reserved", WAIT, || async {
+        app1.balance(&token).await == 0
+    })
+    .await;
+    app1.kill9();
+    assert!(
+        !matches!(in_flight.await, Ok(Ok(201 | 200))),
+        "the POST cannot have been answered"
+    );
+    let path = format!("/api/v1/admin/orders/{order_no}/refunds");
+
+    // Back up: the poller finds the refund processing and settles it by WeChat's answer.
+    let r = sim
+        .post_json("/simulate/refunds/faults", None, &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let app2 = with_tls(app(&db))
+        .env("ORDER_SWEEP_CRON", "* * * * * *")
+        .spawn();
+    wait_until("the refund settled", WAIT, || async {
+        app2.get(&path, Some(ADMIN_TOKEN)).await.json()["refunds"][0]["status"] == "succeeded"
+    })
+    .await;
+    let items = app2.get(&path, Some(ADMIN_TOKEN)).await.json()["refunds"].clone();
+    assert_eq!(items.as_array().map(Vec::len), Some(1), "{items}");
+    let no = items[0]["refund_no"].as_str().expect("refund_no");
+    // One refund at WeChat, under the one out_refund_no, and the coins taken once.
+    let at_wechat = sim.get("/simulate/refunds", None).await.json();
+    let refunds = at_wechat["refunds"].as_array().cloned().unwrap_or_default();
+    assert_eq!(refunds.len(), 1, "{at_wechat}");
+    assert_eq!(refunds[0]["out_refund_no"], no, "{at_wechat}");
+    assert_eq!(app2.balance(&token).await, 0);
+    db.assert_invariants().await;
+}
+backend_test!(kill_nine_between_reservation_and_answer_settles_once);

@@ -97,6 +97,24 @@ pub fn standalone_sandbox(time_scale: &str) -> App {
     )
 }
 
+/// A standalone simulator that also serves WeChat Pay over TLS on `tls_port` (refunds need a
+/// client certificate), its test CA and merchant certificate written to `tls_dir`.
+pub fn standalone_tls_sandbox(tls_port: u16, tls_dir: &Path) -> App {
+    let env = HashMap::from([("RUST_LOG".to_string(), "info".to_string())]);
+    spawn(
+        env,
+        &[
+            "sandbox".into(),
+            "--bind".into(),
+            "127.0.0.1:0".into(),
+            "--tls-bind".into(),
+            format!("127.0.0.1:{tls_port}"),
+            "--tls-dir".into(),
+            tls_dir.display().to_string(),
+        ],
+    )
+}
+
 fn spawn(env: HashMap<String, String>, args: &[String]) -> App {
     let cwd = tempfile::tempdir().expect("tempdir");
     let (process, logs) = Process::spawn(Path::new(BIN), args, &env, cwd.path(), None)

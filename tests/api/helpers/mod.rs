@@ -10,7 +10,10 @@ mod endpoint;
 
 use std::time::{Duration, Instant};
 
-pub use app::{App, AppBuilder, Resp, app, client, free_port, run_cmd, send, standalone_sandbox};
+pub use app::{
+    App, AppBuilder, Resp, app, client, free_port, run_cmd, send, standalone_sandbox,
+    standalone_tls_sandbox,
+};
 pub(crate) use backends::backend_test;
 pub use backends::{mysql, redis};
 pub use endpoint::post_endpoint;
@@ -122,4 +125,23 @@ pub fn assert_sample(metrics: &str, series: &str, expected: f64) {
 /// The number of live order actors, -1 when the gauge is missing.
 pub fn live_actors(metrics: &str) -> f64 {
     sample(metrics, "coinpay_order_actors").unwrap_or(-1.0)
+}
+
+/// A refund result notification as the simulator's WeChat would send it: `info` (the decrypted
+/// `<root>` fields) encrypted with `api_key` — the simulator's own key, or another one to forge.
+pub fn refund_notification(info: &[(&str, String)], api_key: Option<&str>) -> Vec<u8> {
+    let c = sandbox_creds();
+    let info: coinpay::wechat::Params = info
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let key = api_key.unwrap_or(secrecy::ExposeSecret::expose_secret(&c.api_key));
+    coinpay::wechat::refund_notify::build_notification(
+        &c.app_id,
+        &c.mch_id,
+        key,
+        "refundnotifynonce",
+        &info,
+    )
+    .into_bytes()
 }
