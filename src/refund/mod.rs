@@ -1,5 +1,6 @@
 //! Refunds: the pure state machine that decides what becomes of a refund and how many coins it
-//! takes back. The actor that runs it and the store that persists it sit beside the order's.
+//! takes back (`state`), and the actor that runs it, one per live refund (`actor`). Nothing here
+//! knows HTTP: the service layer (`crate::service::refunds`) drives it.
 
 pub mod actor;
 pub mod state;

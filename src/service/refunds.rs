@@ -162,7 +162,15 @@ impl RefundService {
         };
         self.metrics.refund_event("created");
         tracing::info!(order_no, refund_no = %row.refund_no, refund_fen = row.refund_fen.0, coins = row.coins.0, "refund reserved");
-        let row = self.registry.send(&row.refund_no, Submit).await?;
+        // The caller always gets the refund_no: a refund whose call could not be made or
+        // answered is still processing, and the poller takes it from there.
+        let row = match self.registry.send(&row.refund_no, Submit).await {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::warn!(refund_no = %row.refund_no, order_no, error = %e, "refund reserved but not sent; the poller sends it");
+                refunds::get(&self.db, &row.refund_no).await?.unwrap_or(row)
+            }
+        };
         Ok((row, true))
     }
 

@@ -322,8 +322,18 @@ async fn systemerror_retry_final_refusal_close_and_change(backend: Backend) {
     wait_refund(&app, &no, "succeeded").await;
     let calls: Vec<Value> = sim_refund_calls(&app).await;
     assert_eq!(calls.len(), 3, "{calls:?}");
+    // …with the same amounts, and the first two refused, the last accepted.
     assert!(
-        calls.iter().all(|c| c["out_refund_no"] == no.as_str()),
+        calls.iter().all(|c| c["out_refund_no"] == no.as_str()
+            && c["refund_fee"] == "300"
+            && c["total_fee"] == "3000"
+            && c["client_cert"] == true),
+        "{calls:?}"
+    );
+    let results: Vec<&str> = calls.iter().filter_map(|c| c["result"].as_str()).collect();
+    assert_eq!(
+        results,
+        ["SYSTEMERROR", "SYSTEMERROR", "SUCCESS"],
         "{calls:?}"
     );
     assert_eq!(app.balance(&token).await, 330 - 33);
@@ -642,3 +652,76 @@ async fn kill_nine_between_reservation_and_answer_settles_once(backend: Backend)
     db.assert_invariants().await;
 }
 backend_test!(kill_nine_between_reservation_and_answer_settles_once);
+
+async fn fifty_refunds_at_most_and_none_after_a_year(backend: Backend) {
+    let db = TestDb::new(&backend).await;
+    let app = refund_app(&db).spawn();
+    let (_, _, order_no, _, _) = paid_order(&app, "refund-limits", 1).await;
+    for i in 0..50 {
+        let body =
+            json!({"refund_fen": 1, "reason": "one fen", "request_id": format!("fifty-{i}")});
+        let r = refund(&app, &order_no, &body).await;
+        assert_eq!(r.status, 201, "refund {i}: {}", r.text());
+    }
+    let calls = sim_refund_calls(&app).await.len();
+    assert_eq!(calls, 50);
+    let r = refund(
+        &app,
+        &order_no,
+        &json!({"refund_fen": 1, "reason": "one too many", "request_id": "fifty-50"}),
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "too_many_refunds");
+
+    // An order paid a year and a day ago.
+    let (_, _, old, _, _) = paid_order(&app, "refund-overdue", 1).await;
+    let year_ago = chrono::Utc::now().timestamp_millis() - 366 * 24 * 3600 * 1000;
+    db.execute(&format!(
+        "UPDATE recharge_orders SET paid_at = {year_ago} WHERE order_no = '{old}'"
+    ))
+    .await;
+    let r = refund(
+        &app,
+        &old,
+        &json!({"refund_fen": 600, "reason": "late", "request_id": "overdue-1"}),
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "refund_overdue");
+    // Neither refusal reached WeChat.
+    assert_eq!(sim_refund_calls(&app).await.len(), calls);
+    db.assert_invariants().await;
+}
+backend_test!(fifty_refunds_at_most_and_none_after_a_year);
+
+async fn without_a_client_certificate_refunds_are_disabled(backend: Backend) {
+    let db = TestDb::new(&backend).await;
+    let sim = standalone_sandbox("0.001");
+    let port = free_port();
+    let app = app(&db)
+        .against(&sim, port)
+        .env("ADMIN_API_TOKEN", ADMIN_TOKEN)
+        .spawn();
+    let (token, _) = app.login("refund-disabled").await;
+    let order_no = app.order_no(&token, 1).await;
+    assert_eq!(sim.sim_pay("", &order_no, "").await.status, 200);
+    wait_balance(&app, &token, 60).await;
+    let r = refund(
+        &app,
+        &order_no,
+        &json!({"refund_fen": 100, "reason": "r", "request_id": "disabled-1"}),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "refunds_disabled");
+    let at_wechat = sim.get("/simulate/refunds", None).await.json();
+    assert_eq!(
+        at_wechat["received"].as_array().map(Vec::len),
+        Some(0),
+        "{at_wechat}"
+    );
+    assert_eq!(app.balance(&token).await, 60);
+    db.assert_invariants().await;
+}
+backend_test!(without_a_client_certificate_refunds_are_disabled);
