@@ -300,6 +300,37 @@ tests:
         alertname: CoinpayDatabaseDown
         exp_alerts:
           - exp_labels: { severity: critical, job: coinpay, instance: with-redis }
+  # Reconciliation: the gauges come from the database, so both instances report the same day.
+  # A day with differences warns; a success older than 36 h warns; a deployment that never
+  # reconciled yet (0) does not.
+  - interval: 1m
+    input_series:
+      - series: 'coinpay_reconciliation_last_status{job="coinpay",instance="a",state="differences"}'
+        values: '0x180 1x600'
+      - series: 'coinpay_reconciliation_last_status{job="coinpay",instance="b",state="differences"}'
+        values: '0x180 1x600'
+      - series: 'coinpay_reconciliation_last_success_timestamp_seconds{job="coinpay",instance="a"}'
+        values: '0x120 7200x3000'
+      - series: 'coinpay_reconciliation_last_success_timestamp_seconds{job="coinpay",instance="b"}'
+        values: '0x120 7200x3000'
+    alert_rule_test:
+      - eval_time: 2h
+        alertname: CoinpayReconciliationDifferences
+        exp_alerts: []
+      - eval_time: 5h
+        alertname: CoinpayReconciliationDifferences
+        exp_alerts:
+          - exp_labels: { severity: warning, job: coinpay }
+      - eval_time: 1h
+        alertname: CoinpayReconciliationStale
+        exp_alerts: []
+      - eval_time: 30h
+        alertname: CoinpayReconciliationStale
+        exp_alerts: []
+      - eval_time: 40h
+        alertname: CoinpayReconciliationStale
+        exp_alerts:
+          - exp_labels: { severity: warning, job: coinpay }
   # Signature failures: a few forged callbacks warn; most notifications failing is critical.
   - interval: 1m
     input_series:

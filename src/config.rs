@@ -259,6 +259,11 @@ pub struct Settings {
     pub sweep_batch_size: usize,
     pub sweep_concurrency: usize,
     pub lease_secs: i64,
+    /// When the previous Beijing day is reconciled against WeChat's bill: a cron expression
+    /// evaluated in Beijing time (WeChat's bills follow the Beijing day).
+    pub reconcile_cron: String,
+    /// After a failed or not-yet-available bill, how long until the next try (same day only).
+    pub reconcile_retry_secs: u64,
     pub trusted_proxies: Vec<IpNet>,
     pub internal_api_token: Option<SecretString>,
     pub admin_api_token: Option<SecretString>,
@@ -379,6 +384,10 @@ impl Settings {
         let order_sweep_cron =
             opt(src, "ORDER_SWEEP_CRON").unwrap_or_else(|| "0 * * * * *".to_string());
         parse_cron("ORDER_SWEEP_CRON", &order_sweep_cron)?;
+        // WeChat starts generating D's bill at 09:00 on D+1 and advises fetching after 10:00.
+        let reconcile_cron =
+            opt(src, "RECONCILE_CRON").unwrap_or_else(|| "0 30 10 * * *".to_string());
+        parse_cron("RECONCILE_CRON", &reconcile_cron)?;
 
         let redis = match opt(src, "REDIS_HOST") {
             None => None,
@@ -431,6 +440,8 @@ impl Settings {
             sweep_batch_size: parse_or(src, "ORDER_SWEEP_BATCH", 200)?,
             sweep_concurrency: parse_or(src, "ORDER_SWEEP_CONCURRENCY", 8)?,
             lease_secs: parse_or(src, "ORDER_SWEEP_LEASE_SECONDS", 120)?,
+            reconcile_cron,
+            reconcile_retry_secs: parse_or(src, "RECONCILE_RETRY_SECONDS", 1800)?,
             trusted_proxies: match opt(src, "TRUSTED_PROXIES") {
                 None => Vec::new(),
                 Some(v) => parse_cidrs("TRUSTED_PROXIES", &v)?,
@@ -469,6 +480,9 @@ impl Settings {
         }
         if s.actor_linger_secs == 0 {
             return Err(bad("ORDER_ACTOR_LINGER_SECONDS", "must be at least 1"));
+        }
+        if s.reconcile_retry_secs == 0 {
+            return Err(bad("RECONCILE_RETRY_SECONDS", "must be at least 1"));
         }
         if s.lease_secs < 5 {
             return Err(bad("ORDER_SWEEP_LEASE_SECONDS", "must be at least 5"));
@@ -639,6 +653,8 @@ mod tests {
             ("WECHAT_PAY_IP_WHITELIST", "10.0.0.0/33"),
             ("TRUSTED_PROXIES", "nonsense"),
             ("ORDER_SWEEP_CRON", "*/15 * * * *"),
+            ("RECONCILE_CRON", "30 10 * * *"),
+            ("RECONCILE_RETRY_SECONDS", "0"),
             ("WECHAT_PAY_SIGN_TYPE", "SHA1"),
             ("LOG_FORMAT", "xml"),
             ("BIND_ADDR", "localhost"),

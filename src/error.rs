@@ -6,6 +6,7 @@ use serde_json::{Map, Value, json};
 
 use crate::order::actor::OrderError;
 use crate::service::orders::CreateOrderError;
+use crate::service::reconcile::ReconcileError;
 use crate::service::refunds::RefundError;
 use crate::store::StoreError;
 use crate::store::refunds::ReserveRefusal;
@@ -186,6 +187,16 @@ impl From<CreateOrderError> for AppError {
             CreateOrderError::Storage(s) => AppError::Storage(s),
             CreateOrderError::Order(o) => o.into(),
             CreateOrderError::Refused(w) => w.into(),
+        }
+    }
+}
+
+impl From<ReconcileError> for AppError {
+    fn from(e: ReconcileError) -> Self {
+        match e {
+            ReconcileError::PaymentUnavailable => AppError::PaymentUnavailable,
+            e @ ReconcileError::FutureDate(_) => AppError::validation("bill_date", e.to_string()),
+            ReconcileError::Storage(s) => AppError::Storage(s),
         }
     }
 }

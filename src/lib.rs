@@ -10,6 +10,7 @@ pub mod http;
 pub mod metrics;
 pub mod money;
 pub mod order;
+pub mod reconcile;
 pub mod redis;
 pub mod refund;
 pub mod registry;

@@ -58,6 +58,13 @@ enum Command {
     },
     /// Walk the configuration checklist against the live settings, database and Redis.
     CheckConfig,
+    /// Reconcile one Beijing day against WeChat's bill and print its report (JSON). Exits 0
+    /// when the day balances (or had no bill), 2 when differences remain, 1 when it failed.
+    Reconcile {
+        /// The bill date, YYYY-MM-DD (Beijing time).
+        #[arg(long, value_name = "DATE")]
+        date: chrono::NaiveDate,
+    },
     /// Run the WeChat Pay simulator alone.
     Sandbox {
         /// Address to listen on.
@@ -146,6 +153,7 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Serve { sandbox } => serve(settings?, sandbox).await,
+            Command::Reconcile { date } => reconcile(settings?, date).await,
             Command::Sandbox {
                 bind,
                 tls_bind,
@@ -221,6 +229,33 @@ async fn serve(s: Settings, sandbox: bool) -> Result<ExitCode, Failure> {
     }
     app.run_until_stopped().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn reconcile(s: Settings, date: chrono::NaiveDate) -> Result<ExitCode, Failure> {
+    use coinpay::reconcile::report::ReconStatus;
+    let run = coinpay::startup::reconcile_once(s, date).await?;
+    let report = &run.report;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    );
+    Ok(match report.status {
+        ReconStatus::Balanced | ReconStatus::NoBill => ExitCode::SUCCESS,
+        ReconStatus::Differences => {
+            eprintln!(
+                "{} difference(s) remain for {date}",
+                report.open_differences()
+            );
+            ExitCode::from(2)
+        }
+        ReconStatus::Error => {
+            eprintln!(
+                "error: reconciliation of {date} failed: {}",
+                report.error.as_deref().unwrap_or("unknown error")
+            );
+            ExitCode::FAILURE
+        }
+    })
 }
 
 async fn run_sandbox(

@@ -190,6 +190,7 @@ pub struct Metrics {
     pub consumes: Family<OutcomeLabels, Counter>,
     pub admin_actions: Family<KindLabels, Counter>,
     pub order_numbers_fallback: Counter,
+    pub reconcile: ReconcileMetrics,
     pub refunds: Family<OutcomeLabels, Counter>,
     pub refunded_fen: Counter,
     pub refunds_processing: Gauge,
@@ -237,6 +238,7 @@ impl Metrics {
             consumes: Family::default(),
             admin_actions: Family::default(),
             order_numbers_fallback: Counter::default(),
+            reconcile: ReconcileMetrics::default(),
             refunds: Family::default(),
             refunded_fen: Counter::default(),
             refunds_processing: Gauge::default(),
@@ -369,6 +371,7 @@ impl Metrics {
             "Order numbers made without Redis while Redis was configured",
             m.order_numbers_fallback.clone(),
         );
+        m.reconcile.register(&mut r);
         r.register(
             "coinpay_refunds",
             "Refund events by outcome: created, retry, succeeded, closed, failed, abnormal",
@@ -461,6 +464,7 @@ impl Metrics {
             "package_update",
             "order_recheck",
             "balance_adjust",
+            "reconcile",
         ] {
             let _ = self
                 .admin_actions
@@ -531,5 +535,113 @@ impl Metrics {
                 kind: action.to_string(),
             })
             .inc();
+    }
+}
+
+/// Daily reconciliation against WeChat's bill (issue 13). The gauges describe the latest bill
+/// date in the database, read at scrape time like the pending orders (so every instance reports
+/// the same values: aggregate them with max()); the counters count this instance's runs.
+#[derive(Default)]
+pub struct ReconcileMetrics {
+    /// Runs by outcome: balanced, differences, no_bill, error, skipped, not_leader.
+    pub runs: Family<OutcomeLabels, Counter>,
+    /// Failed runs by the bill error's kind (bad_gzip, unknown_layout, bad_amount, refused…).
+    pub errors: Family<KindLabels, Counter>,
+    /// `missing_local` payments credited through their order's actor.
+    pub credited: Counter,
+    /// Midnight (Beijing) of the last reconciled bill date, as Unix time.
+    pub last_bill_date: Gauge<f64, AtomicU64>,
+    /// When a reconciliation last succeeded (any status but error), as Unix time.
+    pub last_success: Gauge<f64, AtomicU64>,
+    /// 1 for the status of the last reconciled day, 0 for the others.
+    pub last_status: Family<StateLabels, Gauge>,
+    /// Open differences of the last reconciled day, by kind.
+    pub differences: Family<KindLabels, Gauge>,
+}
+
+impl ReconcileMetrics {
+    pub const RUN_OUTCOMES: [&'static str; 6] = [
+        "balanced",
+        "differences",
+        "no_bill",
+        "error",
+        "skipped",
+        "not_leader",
+    ];
+
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "coinpay_reconciliation_runs",
+            "Reconciliation runs by outcome",
+            self.runs.clone(),
+        );
+        r.register(
+            "coinpay_reconciliation_errors",
+            "Failed reconciliation runs by error kind",
+            self.errors.clone(),
+        );
+        r.register(
+            "coinpay_reconciliation_credited",
+            "Payments found missing locally and credited through their order's actor",
+            self.credited.clone(),
+        );
+        r.register(
+            "coinpay_reconciliation_last_bill_date_timestamp_seconds",
+            "Beijing midnight of the last reconciled bill date",
+            self.last_bill_date.clone(),
+        );
+        r.register(
+            "coinpay_reconciliation_last_success_timestamp_seconds",
+            "Unix time of the last reconciliation that did not fail",
+            self.last_success.clone(),
+        );
+        r.register(
+            "coinpay_reconciliation_last_status",
+            "1 for the status of the last reconciled day",
+            self.last_status.clone(),
+        );
+        r.register(
+            "coinpay_reconciliation_differences",
+            "Open differences of the last reconciled day, by kind",
+            self.differences.clone(),
+        );
+        for o in Self::RUN_OUTCOMES {
+            let _ = self.runs.get_or_create(&outcome(o));
+        }
+    }
+
+    pub fn run(&self, o: &str) {
+        self.runs.get_or_create(&outcome(o)).inc();
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.errors
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// The state of the last reconciled day: its date (Beijing midnight, Unix seconds), its
+    /// status, and its open differences by kind (every kind named, zeros included).
+    pub fn day(&self, midnight: f64, status: &str, open: &[(&str, i64)], kinds: &[&str]) {
+        self.last_bill_date.set(midnight);
+        for s in ["balanced", "differences", "no_bill", "error"] {
+            self.last_status
+                .get_or_create(&StateLabels { state: s.into() })
+                .set(i64::from(s == status));
+        }
+        for k in kinds {
+            let n = open
+                .iter()
+                .filter(|(kind, _)| kind == k)
+                .map(|(_, n)| n)
+                .sum();
+            self.differences
+                .get_or_create(&KindLabels {
+                    kind: (*k).to_string(),
+                })
+                .set(n);
+        }
     }
 }

@@ -18,6 +18,8 @@ use crate::order::sweeper::{SweepConfig, Sweeper};
 use crate::redis::{RedisError, redis_pool};
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxTls, serve_tls};
 use crate::service::orders::OrderService;
+use crate::service::reconcile::ReconcileService;
+use crate::service::reconcile_job::{ReconcileJob, ReconcileJobConfig};
 use crate::service::refund_poller::RefundPoller;
 use crate::service::refunds::RefundService;
 use crate::store::{self, DbPool};
@@ -41,6 +43,8 @@ pub enum StartupError {
     Jwt(#[from] http::auth::TokenError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Reconcile(#[from] crate::service::reconcile::ReconcileError),
 }
 
 pub struct Application {
@@ -49,6 +53,7 @@ pub struct Application {
     server: Server,
     metrics_server: Option<Server>,
     sweeper: Sweeper,
+    reconcile_job: ReconcileJob,
     refund_poller: RefundPoller,
     shutdown_timeout: Duration,
 }
@@ -201,6 +206,7 @@ impl Application {
             .login_config()
             .map(|c| LoginClient::new(c).with_observer(observer));
         let service_pay = pay.clone();
+        let reconcile_pay = pay.clone();
 
         let settings = Arc::new(settings);
 
@@ -227,6 +233,12 @@ impl Application {
         }
         let jwt =
             http::auth::JwtKeys::from_config(settings.jwt_secret.as_ref(), settings.jwt_ttl_secs)?;
+        let reconcile = Arc::new(ReconcileService::new(
+            db.clone(),
+            reconcile_pay,
+            registry.clone(),
+            metrics.clone(),
+        ));
         let refunds = Arc::new(RefundService::new(
             db.clone(),
             refund_client,
@@ -247,14 +259,24 @@ impl Application {
                 settings.order_expire_secs,
                 metrics.clone(),
             ),
+            reconcile: reconcile.clone(),
             login,
             metrics: metrics.clone(),
             jwt,
         });
 
+        let holder = instance_holder(&settings);
+        let reconcile_cfg = ReconcileJobConfig {
+            schedule: parse_cron("RECONCILE_CRON", &settings.reconcile_cron)?,
+            retry: Duration::from_secs(settings.reconcile_retry_secs),
+            holder: holder.clone(),
+            lease: Duration::from_secs(settings.lease_secs as u64),
+        };
+        let reconcile_job =
+            ReconcileJob::start(reconcile_cfg, reconcile, db.clone(), metrics.clone());
         let sweep_cfg = SweepConfig {
             schedule: parse_cron("ORDER_SWEEP_CRON", &settings.order_sweep_cron)?,
-            holder: instance_holder(&settings),
+            holder,
             lease: Duration::from_secs(settings.lease_secs as u64),
             batch_size: settings.sweep_batch_size,
             concurrency: settings.sweep_concurrency,
@@ -309,6 +331,7 @@ impl Application {
             server,
             metrics_server,
             sweeper,
+            reconcile_job,
             refund_poller,
             shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_secs),
         })
@@ -321,6 +344,7 @@ impl Application {
         let handle = self.server.handle();
         let metrics_handle = self.metrics_server.as_ref().map(|s| s.handle());
         let sweeper = self.sweeper;
+        let reconcile_job = self.reconcile_job;
         let refund_poller = self.refund_poller;
         let timeout = self.shutdown_timeout;
         actix_rt::spawn(async move {
@@ -335,6 +359,7 @@ impl Application {
                 {
                     tracing::warn!("refund poller did not stop in time");
                 }
+                reconcile_job.stop().await;
                 if tokio::time::timeout(timeout, sweeper.stop()).await.is_err() {
                     tracing::warn!("sweeper did not stop in time");
                 }
@@ -355,6 +380,35 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// `coinpay reconcile --date`: one day, reconciled in this process beside any running
+/// instance. Its `missing_local` credits go through order actors of this process, which write
+/// with the same compare-and-set as the service's, so that a payment is credited once whoever
+/// gets there first.
+pub async fn reconcile_once(
+    settings: Settings,
+    date: chrono::NaiveDate,
+) -> Result<crate::service::reconcile::Run, StartupError> {
+    settings.check_against_wechat()?;
+    store::run_migrations(&settings.database_url).await?;
+    let db = DbPool::connect(&settings.database_url, 2).await?;
+    let metrics = Arc::new(Metrics::new());
+    let pay = settings.wechat.pay_config().map(WechatClient::new);
+    let settings = Arc::new(settings);
+    let core = Arc::new(OrderCore {
+        db: db.clone(),
+        wechat: pay.clone(),
+        metrics: metrics.clone(),
+        settings: settings.clone(),
+    });
+    let registry = order_registry(
+        core,
+        Duration::from_secs(settings.actor_idle_secs),
+        Duration::from_secs(settings.actor_linger_secs),
+    );
+    let service = ReconcileService::new(db, pay, registry, metrics);
+    Ok(service.run(date).await?)
 }
 
 async fn wait_for_signal() {

@@ -19,7 +19,7 @@ use super::auth::AdminCaller;
 use super::views::time;
 use crate::error::AppError;
 use crate::order::number::BEIJING;
-use crate::store::{now_ms, orders, refunds, stats};
+use crate::store::{now_ms, orders, reconciliations, refunds, stats};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(overview);
@@ -32,6 +32,7 @@ async fn overview(_a: AdminCaller, st: web::Data<AppState>) -> Result<HttpRespon
     let paid = stats::paid_between(&st.db, from, to).await?;
     let (pending, oldest) = orders::pending_stats(&st.db).await?;
     let (refunding, oldest_refund) = refunds::processing_stats(&st.db).await?;
+    let (last_reconciliation, _) = reconciliations::latest(&st.db).await?;
     let counts = notification_counts(&st.metrics.encode());
     let (since, outcomes) = NOTIFICATIONS
         .lock()
@@ -50,8 +51,12 @@ async fn overview(_a: AdminCaller, st: web::Data<AppState>) -> Result<HttpRespon
             "oldest_created_at": oldest_refund.map(time),
             "oldest_age_seconds": oldest_refund.map(|t| (now - t).max(0) / 1000),
         },
-        // Filled in by the reconciliation backend (issue 13); null means this server has none.
-        "last_reconciliation": null,
+        // The latest bill date with a report; null before the first reconciliation.
+        "last_reconciliation": last_reconciliation.map(|d| json!({
+            "bill_date": d.bill_date.format("%Y-%m-%d").to_string(),
+            "status": d.status,
+            "difference_count": d.difference_count,
+        })),
         "notifications": {
             "since": since.map(time),
             "outcomes": outcomes,

@@ -10,6 +10,7 @@ pub mod client_ip;
 pub mod console;
 pub mod internal;
 pub mod ops;
+pub mod reconciliations;
 pub mod refund_callback;
 pub mod refunds;
 pub mod views;
@@ -28,6 +29,7 @@ use crate::error::AppError;
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 use crate::redis::RedisPool;
 use crate::service::orders::OrderService;
+use crate::service::reconcile::ReconcileService;
 use crate::service::refunds::RefundService;
 use crate::store::DbPool;
 use crate::wechat::client::LoginClient;
@@ -39,6 +41,8 @@ pub struct AppState {
     pub redis: Option<RedisPool>,
     /// Creating orders and handing events to their actors.
     pub orders: OrderService,
+    /// Daily reconciliation against WeChat's bill.
+    pub reconcile: Arc<ReconcileService>,
     /// Refunds: operators' requests, WeChat's results, the poller.
     pub refunds: Arc<RefundService>,
     /// jscode2session: needs WECHAT_APP_ID and WECHAT_APP_SECRET only.
@@ -96,6 +100,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, metrics_here: bool) {
         // The console's admin endpoints ahead of the admin API's scope (which 404s the rest).
         .configure(admin_overview::routes)
         .configure(admin_lookup::routes)
+        .configure(reconciliations::routes)
         .configure(admin::routes)
         .configure(console::routes);
     if metrics_here {

@@ -96,4 +96,7 @@ pub async fn refresh_gauges(st: &AppState) {
     };
     m.redis_up.set(redis_up as i64);
     m.live_actors.set(st.orders.live_actors() as i64);
+    if let Err(e) = st.reconcile.refresh_metrics().await {
+        tracing::warn!(error = %e, "metrics: could not read the last reconciliation");
+    }
 }

@@ -8,5 +8,7 @@
 //! `wechat`.
 
 pub mod orders;
+pub mod reconcile;
+pub mod reconcile_job;
 pub mod refund_poller;
 pub mod refunds;

@@ -12,6 +12,7 @@ pub mod leases;
 pub mod ledger;
 pub mod orders;
 pub mod packages;
+pub mod reconciliations;
 pub mod refunds;
 pub mod schema;
 pub mod stats;

@@ -1,4 +1,4 @@
-// Kept by hand: portable types only (BigInt, Integer, Text, Bool), valid on MySQL and SQLite.
+// Kept by hand: portable types only (BigInt, Integer, Text, Bool, Binary), valid on MySQL and SQLite.
 
 diesel::table! {
     users (id) {
@@ -90,6 +90,48 @@ diesel::table! {
         holder -> Text,
         until_ms -> BigInt,
         updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    reconciliations (bill_date) {
+        bill_date -> Text,
+        status -> Text,
+        error -> Nullable<Text>,
+        wechat_count -> BigInt,
+        wechat_paid_fen -> BigInt,
+        wechat_refund_fen -> BigInt,
+        wechat_fee_fen -> BigInt,
+        local_count -> BigInt,
+        local_paid_fen -> BigInt,
+        local_refund_fen -> BigInt,
+        difference_count -> BigInt,
+        attempts -> BigInt,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    reconciliation_differences (id) {
+        id -> BigInt,
+        bill_date -> Text,
+        kind -> Text,
+        order_no -> Nullable<Text>,
+        transaction_id -> Nullable<Text>,
+        out_refund_no -> Nullable<Text>,
+        wechat_fen -> Nullable<BigInt>,
+        local_fen -> Nullable<BigInt>,
+        action -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    reconciliation_bills (bill_date) {
+        bill_date -> Text,
+        gzip -> Binary,
+        fetched_at -> BigInt,
     }
 }
 

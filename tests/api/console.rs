@@ -3,8 +3,7 @@
 //! binary on SQLite with its simulator. Screenshots of every screen, at 1280×800 and 380 px
 //! wide, are written to target/console-screenshots/.
 //!
-//! `reconciliation_screen` needs the reconciliation backend (issue 13), which is not on this
-//! branch: it is `#[ignore]`d with that reason until it lands.
+//! `reconciliation_screen` drives the reconciliation screens (issue 13) against its backend.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -675,9 +674,9 @@ async fn an_operator_works_through_every_screen_in_a_real_browser() {
     wait_text(&c, "packages-table", "inactive").await;
     assert_no_js_dialog(&c).await;
 
-    // Reconciliation: its backend (issue 13) is not on this server; the screen says so.
+    // Reconciliation (issue 13): no day reconciled yet; the list says so.
     go(&c, &app, "#/recon").await;
-    wait_text(&c, "recon-error", "not available").await;
+    wait_text(&c, "recon-list", "Nothing here").await;
     shot(&c, "recon-1280").await;
 
     // The overview refreshes by itself: the re-checked payment shows without a reload.
@@ -717,7 +716,7 @@ async fn an_operator_works_through_every_screen_in_a_real_browser() {
         (&format!("#/order/{paid}") as &str, "order", "order-status"),
         (&format!("#/user/{uid}"), "user", "user-balance"),
         ("#/packages", "packages", "packages-table"),
-        ("#/recon", "recon", "recon-error"),
+        ("#/recon", "recon", "recon-list"),
     ] {
         go(&phone, &app, hash).await;
         by_id(&phone, ready).await;
@@ -781,10 +780,8 @@ async fn refund_screen() {
     db.assert_invariants().await;
 }
 
-/// Needs the reconciliation backend (issue 13: /api/v1/admin/reconciliations). Enable once it
-/// is merged.
+/// The reconciliation backend (issue 13: /api/v1/admin/reconciliations) through its screens.
 #[actix_web::test]
-#[ignore = "needs the reconciliation (issue 13) backend"]
 async fn reconciliation_screen() {
     let db = TestDb::new(&Backend::Sqlite).await;
     let app = console_app(&db);

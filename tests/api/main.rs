@@ -15,6 +15,7 @@ mod deploy_backup;
 mod foundation;
 mod ops;
 mod payments;
+mod reconcile;
 mod refunds;
 mod resilience;
 mod sandbox;

@@ -55,9 +55,9 @@ pub fn rand_suffix() -> String {
 }
 
 /// The arguments and environment of `coinpay serve --sandbox` on `db`: a free loopback port,
-/// the built-in simulator as WeChat, the harness's secret, and a sweeper that never runs unless
-/// the caller sets `ORDER_SWEEP_CRON` (a sweep at a moment of its own choosing would disturb
-/// what a test or a measurement expects).
+/// the built-in simulator as WeChat, the harness's secret, and a sweeper and a daily
+/// reconciliation that never run unless the caller sets `ORDER_SWEEP_CRON` / `RECONCILE_CRON`
+/// (a sweep at a moment of its own choosing would disturb what a test or a measurement expects).
 pub fn service_command(db: &Db) -> (Vec<String>, Vec<(String, String)>) {
     let args = vec!["serve".to_string(), "--sandbox".to_string()];
     let env = [
@@ -65,6 +65,7 @@ pub fn service_command(db: &Db) -> (Vec<String>, Vec<(String, String)>) {
         ("BIND_ADDR", "127.0.0.1:0"),
         ("JWT_SECRET", JWT_SECRET),
         ("ORDER_SWEEP_CRON", "0 0 0 1 1 * 2099"),
+        ("RECONCILE_CRON", "0 0 0 1 1 * 2099"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -1,0 +1,3 @@
+DROP TABLE reconciliation_bills;
+DROP TABLE reconciliation_differences;
+DROP TABLE reconciliations;
