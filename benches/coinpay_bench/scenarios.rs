@@ -276,9 +276,10 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Straight on a pool of the same type and size as the service's, before the service runs.
+    /// Straight on a pool of the same type and size as the service's, before the service runs,
+    /// one transaction per credit (no group commit): the limit of one commit per payment.
     async fn db_baseline(&mut self, l: Load) -> Res<Stats> {
-        let pool = self.db.connect(self.o.db_pool_size).await?;
+        let pool = self.db.connect_batched(self.o.db_pool_size, 1).await?;
         let tag = &self.tag;
         let warm = std::mem::take(&mut self.baseline.warm);
         let w = run_db(

@@ -235,7 +235,7 @@ pub async fn post_alone(pool: &DbPool, e: Entry) -> Result<Posted, StoreError> {
     match pool {
         DbPool::Sqlite { writer, .. } => Ok(writer
             .run(move |c| c.transaction(|c| post_blocking(c, &e)))
-            .await??),
+            .await?),
         DbPool::Mysql(p) => {
             let mut c = p.get().await?;
             Ok(c.transaction(async |c| post(c, &e).await).await?)

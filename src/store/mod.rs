@@ -50,6 +50,10 @@ pub enum StoreError {
     /// A compare-and-set matched no row: another actor or instance moved first.
     #[error("concurrent update")]
     Conflict,
+    /// The transaction that held this write (one of a batch committed together) did not
+    /// commit: nothing of it was kept, and it may be tried again.
+    #[error("not committed: {0}")]
+    Commit(String),
 }
 
 impl StoreError {
@@ -111,9 +115,7 @@ pub async fn execute(pool: &DbPool, stmt: impl Statement + 'static) -> Result<us
             let mut c = p.get().await?;
             Ok(diesel_async::RunQueryDsl::execute(stmt, &mut *c).await?)
         }
-        DbPool::Sqlite { writer, .. } => {
-            Ok(writer.run(move |c| execute_blocking(stmt, c)).await??)
-        }
+        DbPool::Sqlite { writer, .. } => writer.run(move |c| execute_blocking(stmt, c)).await,
     }
 }
 
@@ -259,10 +261,23 @@ fn sqlite_setup(
 }
 
 impl DbPool {
+    /// The pools, writes committed in batches of at most [`writer::DEFAULT_MAX_BATCH`].
     pub async fn connect(url: &DbUrl, size: u32) -> Result<Self, StoreError> {
+        Self::connect_with(url, size, writer::DEFAULT_MAX_BATCH).await
+    }
+
+    /// The pools, with at most `write_batch` writes committed together (1: one transaction
+    /// per write, as `db-baseline` measures).
+    pub async fn connect_with(
+        url: &DbUrl,
+        size: u32,
+        write_batch: usize,
+    ) -> Result<Self, StoreError> {
         match url {
             DbUrl::Mysql(url) => Self::connect_mysql(url.expose_secret(), size).await,
-            DbUrl::Sqlite(path) => Self::connect_sqlite(&path.to_string_lossy(), size).await,
+            DbUrl::Sqlite(path) => {
+                Self::connect_sqlite(&path.to_string_lossy(), size, write_batch).await
+            }
         }
     }
 
@@ -282,7 +297,7 @@ impl DbPool {
         }))
     }
 
-    async fn connect_sqlite(path: &str, size: u32) -> Result<Self, StoreError> {
+    async fn connect_sqlite(path: &str, size: u32, write_batch: usize) -> Result<Self, StoreError> {
         ensure_parent_dir(path)?;
         let build = |n: u32| {
             let mut cfg = ManagerConfig::<SqliteConn>::default();
@@ -302,7 +317,7 @@ impl DbPool {
             .map_err(|e| StoreError::Connection(e.to_string()))?;
         Ok(DbPool::Sqlite {
             read,
-            writer: writer::Writer::start(path)?,
+            writer: writer::Writer::start(path, write_batch)?,
         })
     }
 

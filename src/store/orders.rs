@@ -265,7 +265,7 @@ pub async fn apply(
         DbPool::Sqlite { writer, .. } => {
             writer
                 .run(move |c| t.write_blocking(c).map(|moved| (moved, t)))
-                .await??
+                .await?
         }
         DbPool::Mysql(p) => {
             let mut c = p.get().await?;
@@ -370,7 +370,7 @@ where
                     Plan::Done(decided) => decided,
                 }))
             };
-            Ok(writer.run(unit).await??)
+            writer.run(unit).await
         }
         DbPool::Mysql(p) => {
             // The load is the connection's check (see MysqlPool): on failure, once more on a
