@@ -237,8 +237,11 @@ pub async fn post_alone(pool: &DbPool, e: Entry) -> Result<Posted, StoreError> {
             .run(move |c| c.transaction(|c| post_blocking(c, &e)))
             .await?),
         DbPool::Mysql(p) => {
-            let mut c = p.get().await?;
-            Ok(c.transaction(async |c| post(c, &e).await).await?)
+            p.write(Box::new(move |c| {
+                let e = e.clone();
+                Box::pin(async move { c.transaction(async |c| post(c, &e).await).await })
+            }))
+            .await
         }
     }
 }

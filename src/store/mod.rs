@@ -7,6 +7,7 @@
 //! transaction of several runs them through two small executors, sync diesel on SQLite's writer
 //! thread and diesel-async on MySQL (see `orders::Transition`, `ledger::post`).
 
+pub mod batch;
 pub mod columns;
 pub mod leases;
 pub mod ledger;
@@ -151,6 +152,9 @@ impl std::ops::DerefMut for MysqlConn<'_> {
 pub struct MysqlPool {
     pool: Pool<AsyncMysqlConnection>,
     gate: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Group commit of the writes that are whole units (see [`Self::write`]); `None` when
+    /// every write is a transaction of its own (`COINPAY_WRITE_BATCH=1`).
+    batcher: Option<batch::Batcher>,
 }
 
 /// Checked connections tried before giving up (each failed one is discarded).
@@ -199,6 +203,24 @@ impl MysqlPool {
         let turn = self.turn().await?;
         let conn = self.pool.get().await?;
         Ok(MysqlConn { conn, _turn: turn })
+    }
+
+    /// Runs `work`, a unit on its own (one statement, or its statements in a transaction of
+    /// its own), and returns its result once it is committed: with group commit on, in the
+    /// transaction of a batch ([`batch`]); else on a checked connection of its own.
+    pub async fn write<R: Send + 'static>(&self, work: batch::Work<R>) -> Result<R, StoreError> {
+        match &self.batcher {
+            Some(b) => b.run(work).await,
+            None => {
+                let mut c = self.get().await?;
+                Ok(work(&mut c).await?)
+            }
+        }
+    }
+
+    /// Whether writes are committed in batches.
+    pub fn batched(&self) -> bool {
+        self.batcher.is_some()
     }
 
     fn state(&self) -> (u32, u32) {
@@ -274,14 +296,14 @@ impl DbPool {
         write_batch: usize,
     ) -> Result<Self, StoreError> {
         match url {
-            DbUrl::Mysql(url) => Self::connect_mysql(url.expose_secret(), size).await,
+            DbUrl::Mysql(url) => Self::connect_mysql(url.expose_secret(), size, write_batch).await,
             DbUrl::Sqlite(path) => {
                 Self::connect_sqlite(&path.to_string_lossy(), size, write_batch).await
             }
         }
     }
 
-    async fn connect_mysql(url: &str, size: u32) -> Result<Self, StoreError> {
+    async fn connect_mysql(url: &str, size: u32, write_batch: usize) -> Result<Self, StoreError> {
         let mgr = AsyncDieselConnectionManager::<AsyncMysqlConnection>::new(url);
         // Checked by MysqlPool::get instead (see there).
         let pool = Pool::builder()
@@ -291,9 +313,17 @@ impl DbPool {
             .build(mgr)
             .await
             .map_err(|e| StoreError::Connection(e.to_string()))?;
-        Ok(DbPool::Mysql(MysqlPool {
+        let unbatched = MysqlPool {
             pool,
             gate: std::sync::Arc::new(tokio::sync::Semaphore::new(size as usize)),
+            batcher: None,
+        };
+        // The batching tasks hold the pool without the batcher, so that they end with it.
+        let batcher =
+            (write_batch > 1).then(|| batch::Batcher::start(unbatched.clone(), write_batch));
+        Ok(DbPool::Mysql(MysqlPool {
+            batcher,
+            ..unbatched
         }))
     }
 
