@@ -6,6 +6,12 @@
 //! statement (a [`Statement`]: valid on both backends); [`execute`] runs a single one, and a
 //! transaction of several runs them through two small executors, sync diesel on SQLite's writer
 //! thread and diesel-async on MySQL (see `orders::Transition`, `ledger::post`).
+//!
+//! Writes that arrive together are committed together (group commit, `COINPAY_WRITE_BATCH`):
+//! on SQLite every write goes through the writer thread, which commits what is queued as one
+//! transaction ([`writer`]); on MySQL order transitions and ledger postings go through a
+//! batching task in front of the pool ([`batch`]). On both, each write runs in a savepoint of its
+//! own, and its caller gets its answer only after the commit.
 
 pub mod batch;
 pub mod columns;
