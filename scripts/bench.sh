@@ -54,14 +54,24 @@ unset COINPAY_TEST_MYSQL_URL COINPAY_TEST_REDIS_HOST COINPAY_TEST_REDIS_PORT COI
 bash "$SERVICES" start-redis
 export COINPAY_BENCH_REDIS_HOST=127.0.0.1 COINPAY_BENCH_REDIS_PORT=$REDIS_PORT
 if [[ $BACKEND != sqlite ]]; then
-  bash "$SERVICES" start-mysql
+  # Durable: InnoDB's log flushed at every commit, as a payment service runs it.
+  MARIADB_DURABLE=1 bash "$SERVICES" start-mysql
   export COINPAY_BENCH_MYSQL_URL="mysql://coinpay:coinpay_pw@127.0.0.1:$MY_PORT/coinpay"
 fi
+
+# The durability settings the bench's MariaDB runs with, as the server reports them.
+mariadb_settings() {
+  mariadb --no-defaults --protocol=socket --socket="$SVC_DIR/run/mysqld.sock" -uroot -N -e \
+    "SELECT CONCAT('innodb-flush-log-at-trx-commit=', @@innodb_flush_log_at_trx_commit,
+                   ', sync-binlog=', @@sync_binlog, ', log-bin=', @@log_bin,
+                   ', buffer pool ', @@innodb_buffer_pool_size DIV 1048576, 'M')" 2>/dev/null \
+    || echo "settings unknown"
+}
 
 {
   echo "machine: $(nproc) cores, $(free -h | awk '/^Mem:/{print $2}') memory, $(uname -sr)"
   echo "disk:    $(df -h /work 2>/dev/null | awk 'NR==2{print $1" "$2" ("$5" used)"}')"
-  [[ $BACKEND == sqlite ]] || echo "mariadb: $(mariadbd --version | sed 's/ for .*//;s/  */ /g') (scripts/services.sh: innodb-flush-log-at-trx-commit=2, buffer pool 64M)"
+  [[ $BACKEND == sqlite ]] || echo "mariadb: $(mariadbd --version | sed 's/ for .*//;s/  */ /g') (scripts/services.sh: $(mariadb_settings))"
   echo "redis:   $(redis-server --version | cut -d' ' -f3)"
   echo "command: scripts/bench.sh $BACKEND${EXTRA[*]:+ -- ${EXTRA[*]}}"
   echo

@@ -20,6 +20,10 @@
 #   DB_NAME      default coinpay      DB_USER     default coinpay      DB_PASS default coinpay_pw
 #   READY_TIMEOUT  seconds to wait for a server to answer (default 60)
 #   MARIADB_EXTRA_ARGS  extra mariadbd arguments (word-split on purpose)
+#   MARIADB_DURABLE     1: flush InnoDB's log at every commit (innodb-flush-log-at-trx-commit=1,
+#                       and sync-binlog=1 should binary logging be turned on), what a payment
+#                       service runs and what the benchmark measures (scripts/bench.sh sets it);
+#                       else (tests) =2: an acknowledged commit can be lost on an OS crash
 # `start` records the ports and credentials in $SVC_DIR/svc.conf; later commands given the same
 # SVC_DIR (status, env, stop, start-redis, ...) take them from there unless set in the environment.
 #
@@ -57,6 +61,11 @@ DB_USER=${DB_USER:-coinpay}
 DB_PASS=${DB_PASS:-coinpay_pw}
 READY_TIMEOUT=${READY_TIMEOUT:-60}
 MARIADB_EXTRA_ARGS=${MARIADB_EXTRA_ARGS:-}
+if [[ ${MARIADB_DURABLE:-} == 1 ]]; then
+  MY_FLUSH_ARGS="--innodb-flush-log-at-trx-commit=1 --sync-binlog=1"
+else
+  MY_FLUSH_ARGS="--innodb-flush-log-at-trx-commit=2"
+fi
 
 MY_DATA=$SVC_DIR/mysql
 RUN=$SVC_DIR/run
@@ -187,7 +196,7 @@ start_mariadb() {
     setsid mariadbd --no-defaults --user=root --datadir="$MY_DATA" \
       --socket="$MY_SOCK" --pid-file="$MY_PID" --port="$MY_PORT" \
       --bind-address=127.0.0.1 --skip-name-resolve --log-error="$LOG/mariadbd.err" \
-      --innodb-buffer-pool-size=64M --innodb-flush-log-at-trx-commit=2 --max-connections=500 \
+      --innodb-buffer-pool-size=64M $MY_FLUSH_ARGS --max-connections=500 \
       --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_ci \
       $MARIADB_EXTRA_ARGS \
       </dev/null >>"$LOG/mariadbd.out" 2>&1 &

@@ -246,6 +246,9 @@ fn is_wechat_host(base: &str) -> bool {
 pub struct Settings {
     pub database_url: DbUrl,
     pub db_pool_size: u32,
+    /// At most this many writes are committed together, in one transaction
+    /// (`COINPAY_WRITE_BATCH`; 1: one transaction per write). See `store::writer`.
+    pub write_batch: usize,
     pub bind_addr: SocketAddr,
     pub metrics_bind_addr: Option<SocketAddr>,
     /// `None` when JWT_SECRET is unset: a random per-process secret is used (tokens then do
@@ -424,6 +427,11 @@ impl Settings {
         }
         let s = Settings {
             db_pool_size: parse_or(src, "DB_POOL_SIZE", 10)?,
+            write_batch: parse_or(
+                src,
+                "COINPAY_WRITE_BATCH",
+                crate::store::writer::DEFAULT_MAX_BATCH,
+            )?,
             bind_addr: parse_or(src, "BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8000)))?,
             metrics_bind_addr: opt(src, "METRICS_BIND_ADDR")
                 .map(|v| {
@@ -468,6 +476,9 @@ impl Settings {
         };
         if s.db_pool_size == 0 {
             return Err(bad("DB_POOL_SIZE", "must be at least 1"));
+        }
+        if s.write_batch == 0 {
+            return Err(bad("COINPAY_WRITE_BATCH", "must be at least 1"));
         }
         if s.sweep_batch_size == 0 {
             return Err(bad("ORDER_SWEEP_BATCH", "must be at least 1"));

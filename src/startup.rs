@@ -172,7 +172,12 @@ impl Application {
 
         let applied = store::run_migrations(&settings.database_url).await?;
         tracing::info!(applied, "migrations checked");
-        let db = DbPool::connect(&settings.database_url, settings.db_pool_size).await?;
+        let db = DbPool::connect_with(
+            &settings.database_url,
+            settings.db_pool_size,
+            settings.write_batch,
+        )
+        .await?;
         let redis = match &settings.redis {
             Some(r) => Some(redis_pool(r.url().expose_secret())?),
             None => None,

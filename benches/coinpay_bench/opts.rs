@@ -58,7 +58,11 @@ struct Cli {
     /// Unmeasured credits before db-baseline and before notify-paid [default: 1000, smoke 20].
     #[arg(long, value_name = "N")]
     warmup: Option<usize>,
-    /// DB_POOL_SIZE of the service, and the size of db-baseline's pool.
+    /// db-baseline is measured at each of these numbers of connections (its pool's size and its
+    /// tasks) and its best rate is the limit [default: 1,16,64, smoke: its concurrency].
+    #[arg(long, value_name = "C,C,..", value_delimiter = ',', value_parser = positive)]
+    db_baseline_connections: Option<Vec<usize>>,
+    /// DB_POOL_SIZE of the service.
     #[arg(long, value_name = "P", value_parser = positive, default_value = "10")]
     db_pool_size: usize,
     /// Time limit of each scenario, in seconds [default: 180, smoke 40].
@@ -153,6 +157,8 @@ pub struct Opts {
     /// and a fresh service are slower for their first thousand transactions).
     pub warmup: usize,
     pub db_pool_size: u32,
+    /// The connections db-baseline is measured at, one row each.
+    pub baseline_connections: Vec<usize>,
     max_secs: u64,
     pub req_timeout: Duration,
     pub rust_log: String,
@@ -257,7 +263,7 @@ impl Opts {
             _ => None,
         };
         // Defaults, then the options for every scenario, then those of one scenario.
-        let load = SCENARIOS
+        let load: HashMap<&'static str, Load> = SCENARIOS
             .iter()
             .map(|s| {
                 let (conc, count) = cli.per_scenario.0.get(s.name).copied().unwrap_or_default();
@@ -271,6 +277,13 @@ impl Opts {
                 (s.name, load)
             })
             .collect();
+        let baseline_connections = cli.db_baseline_connections.unwrap_or_else(|| {
+            if full {
+                vec![1, 16, 64]
+            } else {
+                vec![load["db-baseline"].conc]
+            }
+        });
         let pick = |given: Option<usize>, full_value: usize, smoke_value: usize| {
             given.unwrap_or(if full { full_value } else { smoke_value })
         };
@@ -287,6 +300,7 @@ impl Opts {
             warmup: pick(cli.warmup, 1000, 20),
             db_pool_size: u32::try_from(cli.db_pool_size)
                 .map_err(|_| "error: --db-pool-size is too large".to_string())?,
+            baseline_connections,
             max_secs: pick(cli.max_secs, 180, 40) as u64,
             req_timeout: Duration::from_secs(if full { 30 } else { 15 }),
             rust_log: cli.rust_log,

@@ -200,7 +200,7 @@ impl<'a> Run<'a> {
         let tag = &run.tag;
         let users = &run.users;
         let notify_rows = count(notify, "notify-paid");
-        let base_rows = count(base, "db-baseline");
+        let base_rows = count(base, "db-baseline") * o.baseline_connections.len();
         run.notify.measured =
             pending_orders(&setup_pool, users, notify_rows, &format!("BN{tag}")).await?;
         run.baseline.measured =
@@ -252,8 +252,17 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         let l = self.o.load(s.name);
+        if s.kind == Kind::DbBaseline {
+            for conc in self.o.baseline_connections.clone() {
+                let stats = self.db_baseline(Load { conc, ..l }).await?;
+                self.paid += stats.ok as i64;
+                self.cx.record(s.name, conc, stats).await;
+                self.cx.expect_paid(s.name, self.paid).await;
+            }
+            return Ok(());
+        }
         let stats = match s.kind {
-            Kind::DbBaseline => self.db_baseline(l).await?,
+            Kind::DbBaseline => unreachable!("measured above"),
             Kind::NotifyPaid => self.notify_paid(l).await?,
             Kind::NotifyDupLive => {
                 let reqs = self.notify_reqs.clone();
@@ -276,10 +285,14 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Straight on a pool of the same type and size as the service's, before the service runs.
+    /// Straight on a pool of `l.conc` connections of the service's type, before the service
+    /// runs, `l.conc` tasks, one transaction per credit (no group commit): the limit of one
+    /// commit per payment. Takes the next `l.count` of the baseline's orders (and the warm-up's
+    /// orders, the first time).
     async fn db_baseline(&mut self, l: Load) -> Res<Stats> {
-        let pool = self.db.connect(self.o.db_pool_size).await?;
-        let tag = &self.tag;
+        let pool = self.db.connect_batched(l.conc as u32, 1).await?;
+        let tag = format!("{}C{}", self.tag, l.conc);
+        let tag = &tag;
         let warm = std::mem::take(&mut self.baseline.warm);
         let w = run_db(
             &pool,
@@ -290,7 +303,8 @@ impl<'a> Run<'a> {
         )
         .await;
         self.paid += self.cx.warmed("db-baseline", w);
-        let rows = std::mem::take(&mut self.baseline.measured);
+        let take = l.count.min(self.baseline.measured.len());
+        let rows: Vec<OrderRow> = self.baseline.measured.drain(..take).collect();
         Ok(run_db(
             &pool,
             l.conc,

@@ -101,14 +101,20 @@ pub async fn list_for_user(
     }))
 }
 
+/// The row of the movement `request_id` of `kind`.
+#[diesel::dsl::auto_type]
+fn requested<'a>(kind: LedgerKind, request_id: &'a str) -> _ {
+    l::table
+        .filter(l::kind.eq(kind))
+        .filter(l::request_id.eq(request_id))
+}
+
 pub async fn by_request(
     pool: &DbPool,
     kind: LedgerKind,
     request_id: &str,
 ) -> Result<Option<LedgerRow>, StoreError> {
-    Ok(with_read!(pool, conn => l::table
-        .filter(l::kind.eq(kind))
-        .filter(l::request_id.eq(request_id))
+    Ok(with_read!(pool, conn => requested(kind, request_id)
         .select(LedgerRow::as_select())
         .first(conn)
         .await
@@ -244,18 +250,18 @@ pub async fn post_alone(pool: &DbPool, e: Entry) -> Result<Posted, StoreError> {
     match pool {
         DbPool::Sqlite { writer, .. } => Ok(writer
             .run(move |c| c.transaction(|c| post_blocking(c, &e)))
-            .await??),
+            .await?),
         DbPool::Mysql(p) => {
-            let mut c = p.get().await?;
-            Ok(c.transaction(async |c| post(c, &e).await).await?)
+            p.write(Box::new(move |c| {
+                let e = e.clone();
+                Box::pin(async move { c.transaction(async |c| post(c, &e).await).await })
+            }))
+            .await
         }
     }
 }
 
 pub async fn apply_movement(pool: &DbPool, m: &Movement<'_>) -> Result<MoveOutcome, StoreError> {
-    if let Some(first) = by_request(pool, m.kind, m.request_id).await? {
-        return Ok(replay(first, m));
-    }
     let entry = Entry {
         user_id: m.user_id,
         kind: m.kind,
@@ -267,6 +273,15 @@ pub async fn apply_movement(pool: &DbPool, m: &Movement<'_>) -> Result<MoveOutco
         reason: m.reason.to_string(),
         created_at: now_ms(),
     };
+    if let DbPool::Sqlite { writer, .. } = pool {
+        // The look-up, the posting and the read of its row in one turn of the writer (no
+        // hand-over to a read connection before or after): the writer is the only one that
+        // writes, so nothing can come between the look-up and the posting.
+        return writer.run(move |c| movement_blocking(c, &entry)).await;
+    }
+    if let Some(first) = by_request(pool, m.kind, m.request_id).await? {
+        return Ok(replay(first, m.user_id, m.delta));
+    }
     let applied = match post_alone(pool, entry).await {
         Ok(Posted::Applied(_)) => true,
         Ok(Posted::Insufficient(balance)) => return Ok(MoveOutcome::Insufficient { balance }),
@@ -281,12 +296,34 @@ pub async fn apply_movement(pool: &DbPool, m: &Movement<'_>) -> Result<MoveOutco
     Ok(if applied {
         MoveOutcome::Applied(row)
     } else {
-        replay(row, m)
+        replay(row, m.user_id, m.delta)
     })
 }
 
-fn replay(first: LedgerRow, m: &Movement<'_>) -> MoveOutcome {
-    if first.user_id == m.user_id && first.delta == m.delta {
+/// [`apply_movement`] on SQLite's writer thread, inside the transaction of its batch.
+fn movement_blocking(c: &mut SqliteConnection, e: &Entry) -> QueryResult<MoveOutcome> {
+    let request_id = e.request_id.as_deref().unwrap_or_default();
+    let first = |c: &mut SqliteConnection| {
+        diesel::RunQueryDsl::first(
+            requested(e.kind, request_id).select(LedgerRow::as_select()),
+            c,
+        )
+        .optional()
+    };
+    if let Some(first) = first(c)? {
+        return Ok(replay(first, e.user_id, e.delta));
+    }
+    Ok(match post_blocking(c, e)? {
+        Posted::Applied(_) => {
+            MoveOutcome::Applied(first(c)?.ok_or(diesel::result::Error::NotFound)?)
+        }
+        Posted::Insufficient(balance) => MoveOutcome::Insufficient { balance },
+        Posted::NoUser => MoveOutcome::UnknownUser,
+    })
+}
+
+fn replay(first: LedgerRow, user_id: i64, delta: Coins) -> MoveOutcome {
+    if first.user_id == user_id && first.delta == delta {
         MoveOutcome::Replayed(first)
     } else {
         MoveOutcome::RequestIdConflict(first)

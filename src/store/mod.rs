@@ -6,7 +6,14 @@
 //! statement (a [`Statement`]: valid on both backends); [`execute`] runs a single one, and a
 //! transaction of several runs them through two small executors, sync diesel on SQLite's writer
 //! thread and diesel-async on MySQL (see `orders::Transition`, `ledger::post`).
+//!
+//! Writes that arrive together are committed together (group commit, `COINPAY_WRITE_BATCH`):
+//! on SQLite every write goes through the writer thread, which commits what is queued as one
+//! transaction ([`writer`]); on MySQL order transitions and ledger postings go through a
+//! batching task in front of the pool ([`batch`]). On both, each write runs in a savepoint of its
+//! own, and its caller gets its answer only after the commit.
 
+pub mod batch;
 pub mod columns;
 pub mod leases;
 pub mod ledger;
@@ -52,6 +59,10 @@ pub enum StoreError {
     /// A compare-and-set matched no row: another actor or instance moved first.
     #[error("concurrent update")]
     Conflict,
+    /// The transaction that held this write (one of a batch committed together) did not
+    /// commit: nothing of it was kept, and it may be tried again.
+    #[error("not committed: {0}")]
+    Commit(String),
 }
 
 impl StoreError {
@@ -113,9 +124,7 @@ pub async fn execute(pool: &DbPool, stmt: impl Statement + 'static) -> Result<us
             let mut c = p.get().await?;
             Ok(diesel_async::RunQueryDsl::execute(stmt, &mut *c).await?)
         }
-        DbPool::Sqlite { writer, .. } => {
-            Ok(writer.run(move |c| execute_blocking(stmt, c)).await??)
-        }
+        DbPool::Sqlite { writer, .. } => writer.run(move |c| execute_blocking(stmt, c)).await,
     }
 }
 
@@ -151,6 +160,9 @@ impl std::ops::DerefMut for MysqlConn<'_> {
 pub struct MysqlPool {
     pool: Pool<AsyncMysqlConnection>,
     gate: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Group commit of the writes that are whole units (see [`Self::write`]); `None` when
+    /// every write is a transaction of its own (`COINPAY_WRITE_BATCH=1`).
+    batcher: Option<batch::Batcher>,
 }
 
 /// Checked connections tried before giving up (each failed one is discarded).
@@ -199,6 +211,24 @@ impl MysqlPool {
         let turn = self.turn().await?;
         let conn = self.pool.get().await?;
         Ok(MysqlConn { conn, _turn: turn })
+    }
+
+    /// Runs `work`, a unit on its own (one statement, or its statements in a transaction of
+    /// its own), and returns its result once it is committed: with group commit on, in the
+    /// transaction of a batch ([`batch`]); else on a checked connection of its own.
+    pub async fn write<R: Send + 'static>(&self, work: batch::Work<R>) -> Result<R, StoreError> {
+        match &self.batcher {
+            Some(b) => b.run(work).await,
+            None => {
+                let mut c = self.get().await?;
+                Ok(work(&mut c).await?)
+            }
+        }
+    }
+
+    /// Whether writes are committed in batches.
+    pub fn batched(&self) -> bool {
+        self.batcher.is_some()
     }
 
     fn state(&self) -> (u32, u32) {
@@ -261,14 +291,27 @@ fn sqlite_setup(
 }
 
 impl DbPool {
+    /// The pools, writes committed in batches of at most [`writer::DEFAULT_MAX_BATCH`].
     pub async fn connect(url: &DbUrl, size: u32) -> Result<Self, StoreError> {
+        Self::connect_with(url, size, writer::DEFAULT_MAX_BATCH).await
+    }
+
+    /// The pools, with at most `write_batch` writes committed together (1: one transaction
+    /// per write, as `db-baseline` measures).
+    pub async fn connect_with(
+        url: &DbUrl,
+        size: u32,
+        write_batch: usize,
+    ) -> Result<Self, StoreError> {
         match url {
-            DbUrl::Mysql(url) => Self::connect_mysql(url.expose_secret(), size).await,
-            DbUrl::Sqlite(path) => Self::connect_sqlite(&path.to_string_lossy(), size).await,
+            DbUrl::Mysql(url) => Self::connect_mysql(url.expose_secret(), size, write_batch).await,
+            DbUrl::Sqlite(path) => {
+                Self::connect_sqlite(&path.to_string_lossy(), size, write_batch).await
+            }
         }
     }
 
-    async fn connect_mysql(url: &str, size: u32) -> Result<Self, StoreError> {
+    async fn connect_mysql(url: &str, size: u32, write_batch: usize) -> Result<Self, StoreError> {
         let mgr = AsyncDieselConnectionManager::<AsyncMysqlConnection>::new(url);
         // Checked by MysqlPool::get instead (see there).
         let pool = Pool::builder()
@@ -278,13 +321,21 @@ impl DbPool {
             .build(mgr)
             .await
             .map_err(|e| StoreError::Connection(e.to_string()))?;
-        Ok(DbPool::Mysql(MysqlPool {
+        let unbatched = MysqlPool {
             pool,
             gate: std::sync::Arc::new(tokio::sync::Semaphore::new(size as usize)),
+            batcher: None,
+        };
+        // The batching tasks hold the pool without the batcher, so that they end with it.
+        let batcher =
+            (write_batch > 1).then(|| batch::Batcher::start(unbatched.clone(), write_batch));
+        Ok(DbPool::Mysql(MysqlPool {
+            batcher,
+            ..unbatched
         }))
     }
 
-    async fn connect_sqlite(path: &str, size: u32) -> Result<Self, StoreError> {
+    async fn connect_sqlite(path: &str, size: u32, write_batch: usize) -> Result<Self, StoreError> {
         ensure_parent_dir(path)?;
         let build = |n: u32| {
             let mut cfg = ManagerConfig::<SqliteConn>::default();
@@ -304,7 +355,7 @@ impl DbPool {
             .map_err(|e| StoreError::Connection(e.to_string()))?;
         Ok(DbPool::Sqlite {
             read,
-            writer: writer::Writer::start(path)?,
+            writer: writer::Writer::start(path, write_batch)?,
         })
     }
 

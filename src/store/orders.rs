@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::ledger::{self, LedgerKind};
 use super::schema::recharge_orders as o;
-use super::{DbPool, Statement, StoreError, now_ms};
+use super::{DbPool, MysqlPool, Statement, StoreError, now_ms};
 use crate::money::{Coins, Fen};
 use crate::order::state::{Decision, Effect, Move, OrderStatus};
 use crate::with_read;
@@ -171,6 +171,7 @@ pub async fn pending_stats(pool: &DbPool) -> Result<(i64, Option<i64>), StoreErr
 /// decided on to the row after it and, for a credit, the ledger's posting, in one transaction.
 /// Its statements are written once; [`Self::write_blocking`] runs them with sync diesel on
 /// SQLite's writer thread, [`Self::write`] with diesel-async on MySQL.
+#[derive(Clone)]
 struct Transition {
     version: i64,
     next: OrderRow,
@@ -268,18 +269,29 @@ pub async fn apply(
         DbPool::Sqlite { writer, .. } => {
             writer
                 .run(move |c| t.write_blocking(c).map(|moved| (moved, t)))
-                .await??
+                .await?
         }
-        DbPool::Mysql(p) => {
-            let mut c = p.get().await?;
-            (t.write(&mut c).await?, t)
-        }
+        DbPool::Mysql(p) => write_mysql(p, t).await?,
     };
     if moved {
         Ok(t.next)
     } else {
         Err(StoreError::Conflict)
     }
+}
+
+/// Writes `t` on MySQL as one unit (in a batch when group commit is on); whether its
+/// compare-and-set matched, and `t` back.
+async fn write_mysql(p: &MysqlPool, t: Transition) -> Result<(bool, Transition), StoreError> {
+    let t = std::sync::Arc::new(t);
+    let work = t.clone();
+    let moved = p
+        .write(Box::new(move |c| {
+            let t = work.clone();
+            Box::pin(async move { t.write(c).await })
+        }))
+        .await?;
+    Ok((moved, std::sync::Arc::unwrap_or_clone(t)))
 }
 
 /// What [`load_and_apply`] made of the decision taken on the row it loaded.
@@ -373,7 +385,7 @@ where
                     Plan::Done(decided) => decided,
                 }))
             };
-            Ok(writer.run(unit).await??)
+            writer.run(unit).await
         }
         DbPool::Mysql(p) => {
             // The load is the connection's check (see MysqlPool): on failure, once more on a
@@ -400,6 +412,14 @@ where
             let Some(row) = row else { return Ok(None) };
             let decision = decide(&row);
             Ok(Some(match Plan::new(row, decision) {
+                // With group commit, the write joins a batch (the load's connection goes back
+                // to the pool first); else it runs on the load's connection.
+                Plan::Write(mut planned) if p.batched() => {
+                    drop(c);
+                    let (moved, t) = write_mysql(p, planned.t).await?;
+                    planned.t = t;
+                    planned.written(moved)
+                }
                 Plan::Write(planned) => {
                     let moved = planned.t.write(&mut c).await?;
                     planned.written(moved)

@@ -90,7 +90,7 @@ pub async fn create(pool: &DbPool, f: &PackageFields) -> Result<Package, StoreEr
                         diesel::RunQueryDsl::get_result(id, c)
                     })
                 })
-                .await??
+                .await?
         }
         DbPool::Mysql(pool) => {
             let mut c = pool.get().await?;

@@ -216,3 +216,131 @@ on_both_backends!(
     an_unknown_status_is_an_error_sqlite,
     an_unknown_status_is_an_error_mysql
 );
+
+/// A write through MySQL's group commit that runs `sql`.
+fn sql_work(sql: String) -> super::batch::Work<()> {
+    use diesel_async::RunQueryDsl;
+    Box::new(move |c| {
+        let sql = sql.clone();
+        Box::pin(async move { diesel::sql_query(sql).execute(c).await.map(|_| ()) })
+    })
+}
+
+/// Occupies every batching task with a slow write, queues `works` meanwhile (so that they all
+/// land in one batch, in order) and returns their answers.
+async fn in_one_mysql_batch(
+    p: &super::MysqlPool,
+    works: Vec<super::batch::Work<()>>,
+) -> Vec<Result<(), StoreError>> {
+    let mut slow = Vec::new();
+    for _ in 0..super::batch::BATCHERS {
+        let p = p.clone();
+        slow.push(tokio::spawn(async move {
+            p.write(sql_work("DO SLEEP(0.4)".into())).await
+        }));
+        // Taken by one task before the next is queued: each task holds one.
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let mut queued = Vec::new();
+    for w in works {
+        let p = p.clone();
+        queued.push(tokio::spawn(async move { p.write(w).await }));
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    for s in slow {
+        s.await.expect("join").expect("slow write");
+    }
+    let mut answers = Vec::new();
+    for q in queued {
+        answers.push(q.await.expect("join"));
+    }
+    answers
+}
+
+async fn mysql_values(p: &super::MysqlPool) -> Vec<i32> {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct X {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        x: i32,
+    }
+    let mut c = p.get().await.expect("connection");
+    let rows: Vec<X> = diesel::sql_query("SELECT x FROM bt ORDER BY x")
+        .load(&mut *c)
+        .await
+        .expect("read");
+    rows.into_iter().map(|r| r.x).collect()
+}
+
+/// MySQL's group commit: a write that fails in a batch (a unique or CHECK violation) is rolled
+/// back alone and the others commit; a batch whose transaction is lost on every run (its
+/// connection killed under it) answers an error to every write and keeps none of them.
+#[tokio::test]
+async fn mysql_group_commit_fails_a_bad_write_alone_and_a_lost_batch_whole() {
+    let Some(s) = TestStore::mysql().await else {
+        return;
+    };
+    let DbPool::Mysql(p) = &s.pool else {
+        panic!("a MySQL pool")
+    };
+    assert!(p.batched(), "group commit is on by default");
+    p.get()
+        .await
+        .expect("connection")
+        .batch_execute("CREATE TABLE bt (x INT PRIMARY KEY, CHECK (x > 0))")
+        .await
+        .expect("table");
+
+    let works = [
+        "INSERT INTO bt VALUES (1)",
+        "INSERT INTO bt VALUES (1)",
+        "INSERT INTO bt VALUES (2)",
+        "INSERT INTO bt VALUES (3), (-3)",
+        "INSERT INTO bt VALUES (4)",
+    ]
+    .map(|q| sql_work(q.into()));
+    let answers = in_one_mysql_batch(p, works.into()).await;
+    let failed: Vec<bool> = answers.iter().map(Result::is_err).collect();
+    assert_eq!(failed, [false, true, false, true, false], "{answers:?}");
+    assert!(answers[1].as_ref().is_err_and(|e| e.is_unique_violation()));
+    assert_eq!(mysql_values(p).await, [1, 2, 4]);
+
+    // A write that kills its own connection: the batch's transaction is gone each time.
+    let url = std::env::var("COINPAY_TEST_MYSQL_URL").expect("the test MariaDB");
+    let killer: super::batch::Work<()> = Box::new(move |c| {
+        let url = url.clone();
+        Box::pin(async move {
+            use diesel::IntoSql;
+            use diesel_async::RunQueryDsl;
+            let id: i64 = diesel::select(
+                diesel::dsl::sql::<diesel::sql_types::BigInt>("CONNECTION_ID()")
+                    .into_sql::<diesel::sql_types::BigInt>(),
+            )
+            .get_result(c)
+            .await?;
+            let mut other = AsyncMysqlConnection::establish(&url)
+                .await
+                .expect("a second connection");
+            other.batch_execute(&format!("KILL CONNECTION {id}")).await
+        })
+    });
+    let answers = in_one_mysql_batch(
+        p,
+        vec![
+            sql_work("INSERT INTO bt VALUES (10)".into()),
+            killer,
+            sql_work("INSERT INTO bt VALUES (11)".into()),
+        ],
+    )
+    .await;
+    for a in &answers {
+        assert!(matches!(a, Err(StoreError::Commit(_))), "{answers:?}");
+    }
+    assert_eq!(mysql_values(p).await, [1, 2, 4]);
+    // The pool goes on with fresh connections.
+    p.write(sql_work("INSERT INTO bt VALUES (12)".into()))
+        .await
+        .expect("a write after the lost batch");
+    assert_eq!(mysql_values(p).await, [1, 2, 4, 12]);
+}

@@ -50,6 +50,12 @@ impl Db {
 
     /// A pool of `size` connections, as the service builds it.
     pub async fn connect(&self, size: u32) -> Result<DbPool, String> {
-        lib_api::connect(&self.url, size).await
+        self.connect_batched(size, lib_api::WRITE_BATCH).await
+    }
+
+    /// A pool of `size` connections that commits at most `write_batch` writes together (1: each
+    /// write a transaction of its own, no group commit, as `db-baseline` measures).
+    pub async fn connect_batched(&self, size: u32, write_batch: usize) -> Result<DbPool, String> {
+        lib_api::connect(&self.url, size, write_batch).await
     }
 }

@@ -20,8 +20,12 @@ pub(super) async fn migrate(url: &str) -> Result<(), String> {
         .map_err(|e| format!("migrate {url}: {e}"))
 }
 
-pub(super) async fn connect(url: &str, size: u32) -> Result<DbPool, String> {
-    DbPool::connect(&parse(url)?, size)
+/// The service's default bound on the writes committed together.
+pub(super) const WRITE_BATCH: usize = coinpay::store::writer::DEFAULT_MAX_BATCH;
+
+/// A pool that commits at most `write_batch` writes together (1: one transaction per write).
+pub(super) async fn connect(url: &str, size: u32, write_batch: usize) -> Result<DbPool, String> {
+    DbPool::connect_with(&parse(url)?, size, write_batch)
         .await
         .map_err(|e| format!("connect to {url}: {e}"))
 }

@@ -1,0 +1,195 @@
+//! Group commit on MySQL/MariaDB: order transitions that arrive together are written in one
+//! transaction, on one connection, and committed once.
+//!
+//! With `innodb_flush_log_at_trx_commit=1` every commit waits for a flush of InnoDB's log, and
+//! the service's rate of payments is bounded by the database's rate of durable commits. A
+//! [`Batcher`] sits in front of the pool: a few tasks ([`BATCHERS`]), each taking what is queued
+//! when it is free (at most `max_batch` writes, nothing waited for), running it on one pooled
+//! connection and committing it once. Several batches can be in flight, so a batch's commit
+//! overlaps the next batch's statements.
+//!
+//! As for SQLite's writer (`store::writer`):
+//! - each write runs in a savepoint of its own; one that fails (a unique violation, a CHECK, a
+//!   refused credit) is rolled back alone, and the others commit;
+//! - every caller gets its answer after the COMMIT, and a COMMIT that fails answers
+//!   [`StoreError::Commit`] to every write of the batch (a notification is answered FAIL and
+//!   WeChat retries; nothing of it was kept);
+//! - when the transaction is lost halfway (InnoDB rolls a whole transaction back when it breaks
+//!   a deadlock, and the next savepoint statement fails), the batch is run again from the start
+//!   on a fresh connection, up to [`ATTEMPTS`] times: a write is a function that can be run
+//!   again, and nothing of the lost run was kept.
+//!
+//! Only writes that are whole units (an order's compare-and-set with its credit, a ledger
+//! posting) come through here; a write that must see its own commit before it goes on (the
+//! insert of a new order, which may collide on its number) runs directly on the pool.
+
+use std::sync::Arc;
+
+use diesel::QueryResult;
+use diesel_async::{AnsiTransactionManager, AsyncMysqlConnection, TransactionManager};
+use futures_util::future::BoxFuture;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::{MysqlPool, StoreError};
+
+/// How many batches may be in flight at once.
+pub const BATCHERS: usize = 4;
+
+/// Runs of a batch whose transaction was lost before it gives up.
+pub const ATTEMPTS: usize = 3;
+
+/// A write of a batch: run on the batch's connection (inside its savepoint), maybe more than once
+/// when the batch's transaction is lost and run again.
+pub type Work<R> = Box<
+    dyn for<'c> Fn(&'c mut AsyncMysqlConnection) -> BoxFuture<'c, QueryResult<R>> + Send + Sync,
+>;
+
+/// A queued write, whatever its result type.
+trait Job: Send {
+    /// Runs the write; false when it failed (then its savepoint is rolled back).
+    fn run<'c>(&'c mut self, c: &'c mut AsyncMysqlConnection) -> BoxFuture<'c, bool>;
+    /// Answers the caller: the write's result when its batch committed, else why not.
+    fn answer(self: Box<Self>, batch: Result<(), &str>);
+}
+
+struct Typed<R> {
+    work: Work<R>,
+    result: Option<QueryResult<R>>,
+    reply: oneshot::Sender<Result<R, StoreError>>,
+}
+
+impl<R: Send + 'static> Job for Typed<R> {
+    fn run<'c>(&'c mut self, c: &'c mut AsyncMysqlConnection) -> BoxFuture<'c, bool> {
+        Box::pin(async move {
+            let r = (self.work)(c).await;
+            let ok = r.is_ok();
+            self.result = Some(r);
+            ok
+        })
+    }
+
+    fn answer(self: Box<Self>, batch: Result<(), &str>) {
+        let answer = match (batch, self.result) {
+            (Ok(()), Some(r)) => r.map_err(StoreError::from),
+            (Ok(()), None) => Err(StoreError::Commit("the write did not run".into())),
+            (Err(why), _) => Err(StoreError::Commit(why.to_string())),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+type Queue = Arc<Mutex<mpsc::UnboundedReceiver<Box<dyn Job>>>>;
+
+#[derive(Clone)]
+pub struct Batcher {
+    jobs: mpsc::UnboundedSender<Box<dyn Job>>,
+}
+
+impl Batcher {
+    /// Starts the batching tasks on `pool` (a pool without a batcher of its own); they end
+    /// when the last `Batcher` is dropped.
+    pub fn start(pool: MysqlPool, max_batch: usize) -> Batcher {
+        let (jobs, queue) = mpsc::unbounded_channel::<Box<dyn Job>>();
+        let queue: Queue = Arc::new(Mutex::new(queue));
+        for _ in 0..BATCHERS {
+            tokio::spawn(serve(pool.clone(), queue.clone(), max_batch.max(1)));
+        }
+        Batcher { jobs }
+    }
+
+    /// Runs `work` in the transaction of a batch and returns its result once that has
+    /// committed.
+    pub async fn run<R: Send + 'static>(&self, work: Work<R>) -> Result<R, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Typed {
+            work,
+            result: None,
+            reply,
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError::Connection("the MySQL batcher stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Connection("the MySQL batch was dropped".into()))?
+    }
+}
+
+/// One batching task: takes what is queued, runs it, again.
+async fn serve(pool: MysqlPool, queue: Queue, max_batch: usize) {
+    loop {
+        let mut batch = {
+            let mut q = queue.lock().await;
+            let Some(first) = q.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < max_batch {
+                match q.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let fate = run_batch(&pool, &mut batch).await;
+        let fate = fate.as_ref().copied().map_err(String::as_str);
+        for job in batch {
+            job.answer(fate);
+        }
+    }
+}
+
+/// Why a run of a batch did not commit.
+enum Failed {
+    /// The transaction is gone: the batch may be run again from the start.
+    Lost(diesel::result::Error),
+    /// The COMMIT (or the BEGIN) failed: every job is answered with it.
+    Final(String),
+}
+
+/// Runs the batch until it commits or fails for good; `Ok` when every job's own result is its
+/// answer.
+async fn run_batch(pool: &MysqlPool, batch: &mut [Box<dyn Job>]) -> Result<(), String> {
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let mut c = pool.get().await.map_err(|e| e.to_string())?;
+        match run_once(&mut c, batch).await {
+            Ok(()) => return Ok(()),
+            Err(Failed::Final(why)) => {
+                tracing::error!(error = %why, jobs = batch.len(), "a MySQL batch failed to commit");
+                super::discard(c);
+                return Err(why);
+            }
+            Err(Failed::Lost(e)) => {
+                tracing::warn!(error = %e, attempt, jobs = batch.len(), "a MySQL batch's transaction was lost; running it again");
+                super::discard(c);
+                last = format!("the transaction was lost: {e}");
+            }
+        }
+    }
+    Err(last)
+}
+
+/// One run of the batch in one transaction, each job in a savepoint when there are several.
+async fn run_once(c: &mut AsyncMysqlConnection, batch: &mut [Box<dyn Job>]) -> Result<(), Failed> {
+    type Tm = AnsiTransactionManager;
+    let savepoints = batch.len() > 1;
+    Tm::begin_transaction(c)
+        .await
+        .map_err(|e| Failed::Final(format!("cannot begin a transaction: {e}")))?;
+    for job in batch.iter_mut() {
+        if savepoints {
+            Tm::begin_transaction(c).await.map_err(Failed::Lost)?;
+        }
+        let ok = job.run(c).await;
+        match (savepoints, ok) {
+            (true, true) => Tm::commit_transaction(c).await.map_err(Failed::Lost)?,
+            (true, false) => Tm::rollback_transaction(c).await.map_err(Failed::Lost)?,
+            (false, true) => {}
+            // A lone job that failed: its transaction is rolled back, its error is its answer.
+            (false, false) => return Tm::rollback_transaction(c).await.map_err(Failed::Lost),
+        }
+    }
+    Tm::commit_transaction(c)
+        .await
+        .map_err(|e| Failed::Final(format!("the batch did not commit: {e}")))
+}
