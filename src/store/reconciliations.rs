@@ -198,7 +198,7 @@ pub async fn save(pool: &DbPool, report: &Report) -> Result<(), StoreError> {
         now: now_ms(),
     };
     match pool {
-        DbPool::Sqlite { writer, .. } => writer.run(move |c| w.write_blocking(c)).await??,
+        DbPool::Sqlite { writer, .. } => writer.run(move |c| w.write_blocking(c)).await?,
         DbPool::Mysql(p) => {
             let mut c = p.get().await?;
             w.write(&mut c).await?

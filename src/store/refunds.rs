@@ -191,8 +191,11 @@ pub async fn reserve(
         };
         let written = match pool {
             DbPool::Sqlite { writer, .. } => {
+                // The refusal travels inside the job's result: the job itself succeeds, and
+                // the nested transaction (a savepoint in the writer's batch) has already
+                // rolled back what the refused reservation wrote.
                 writer
-                    .run(move |c| c.transaction(|c| plan.write_blocking(c)))
+                    .run(move |c| Ok(c.transaction(|c| plan.write_blocking(c))))
                     .await?
             }
             DbPool::Mysql(p) => {
@@ -466,7 +469,7 @@ pub async fn apply(
         DbPool::Sqlite { writer, .. } => {
             writer
                 .run(move |c| t.write_blocking(c).map(|moved| (moved, t)))
-                .await??
+                .await?
         }
         DbPool::Mysql(p) => {
             let mut c = p.get().await?;
