@@ -41,6 +41,9 @@ pub enum AppError {
     OrderBusy,
     #[error("internal error")]
     Internal(String),
+    /// The request head is over the caps of [`crate::http::limits`].
+    #[error("request headers too large: {0}")]
+    HeadersTooLarge(String),
 }
 
 impl AppError {
@@ -68,6 +71,7 @@ impl AppError {
             AppError::Storage(_) => "storage_unavailable",
             AppError::OrderBusy => "order_busy",
             AppError::Internal(_) => "internal",
+            AppError::HeadersTooLarge(_) => "headers_too_large",
         }
     }
 
@@ -113,6 +117,7 @@ impl ResponseError for AppError {
             | AppError::Storage(_)
             | AppError::OrderBusy => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 

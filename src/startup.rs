@@ -116,14 +116,24 @@ pub fn sandbox_config_from(settings: &Settings) -> SandboxConfig {
     }
 }
 
-fn instance_holder(settings: &Settings) -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_default();
-    format!(
-        "{}:{}:{}",
-        settings.instance_id.as_deref().unwrap_or(&host),
-        std::process::id(),
-        &crate::wechat::sign::nonce()[..8]
-    )
+/// The sweeper lease's holder: stable for one host and listener, so that an instance restarted
+/// after a crash (kill -9, OOM) is the holder it was and sweeps again at its next tick instead of
+/// waiting out the lease it held. Two live instances never share it: on one host they cannot
+/// listen on the same address, and on two hosts their names differ (set `INSTANCE_ID` where
+/// hosts share a name, e.g. containers with a fixed hostname).
+fn instance_holder(settings: &Settings, addr: SocketAddr) -> String {
+    let host = settings.instance_id.clone().unwrap_or_else(host_name);
+    format!("{host}@{addr}")
+}
+
+/// The kernel's host name; `HOSTNAME` (which a shell sets but often does not export) otherwise.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 impl Application {
@@ -209,7 +219,7 @@ impl Application {
 
         let sweep_cfg = SweepConfig {
             schedule: parse_cron("ORDER_SWEEP_CRON", &settings.order_sweep_cron)?,
-            holder: instance_holder(&settings),
+            holder: instance_holder(&settings, addr),
             lease: Duration::from_secs(settings.lease_secs as u64),
             batch_size: settings.sweep_batch_size,
             concurrency: settings.sweep_concurrency,
@@ -231,6 +241,7 @@ impl Application {
             App::new()
                 .app_data(app_state.clone())
                 .configure(http::extractor_config)
+                .wrap_fn(http::limits::cap_headers)
                 .wrap_fn(http::observe)
                 .configure(|c| http::routes(c, metrics_here))
                 .configure(|c| {

@@ -6,6 +6,7 @@ pub mod callback;
 pub mod client;
 pub mod client_ip;
 pub mod internal;
+pub mod limits;
 pub mod ops;
 pub mod views;
 
