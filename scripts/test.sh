@@ -23,6 +23,9 @@
 #                              SVC_DIR=$SVC_DIR/<name> REDIS_PORT=<free port> "$COINPAY_SERVICES_SCRIPT"
 #                              start-redis | stop-redis | clean  (sub-dirs of $SVC_DIR are stopped at exit)
 #   SVC_DIR                    this run's service dir (the services script needs it)
+#   COINPAY_TEST_GALERA_URLS   three mysql:// URLs (one per node) of a three-node Galera cluster
+#   COINPAY_TEST_GALERA_URL    one multi-host URL naming all three nodes
+#   GALERA_DIR, COINPAY_GALERA_SCRIPT   the cluster's dir and scripts/galera.sh (kill N, start-node N)
 #   COINPAY_TEST_PYTHON        python of the venv that has wechatpy + cryptography
 #   COINPAY_REQUIRE_SERVICES=1 (CI) a test must fail, not skip, when one of the above is missing
 #   MYSQL_URL, REDIS_URL       the same servers, for humans
@@ -89,6 +92,9 @@ cleanup() {
   trap - EXIT
   trap '' INT TERM HUP          # a second Ctrl-C must not interrupt the shutdown
   set +e
+  if [[ -n ${GALERA_DIR:-} && -d $GALERA_DIR && ${COINPAY_KEEP_SVC:-} != 1 ]]; then
+    GALERA_DIR=$GALERA_DIR bash "$ROOT/scripts/galera.sh" clean 2>&1 | sed 's/^/  /' >&2
+  fi
   if [[ -n $SVC_DIR && -d $SVC_DIR ]]; then
     if [[ ${COINPAY_KEEP_SVC:-} == 1 ]]; then
       say "COINPAY_KEEP_SVC=1: leaving the servers running in $SVC_DIR (stop: SVC_DIR=$SVC_DIR $SERVICES clean)"
@@ -258,6 +264,24 @@ if ((SERVICES_OK)); then
   say "redis start: $(( $(now_ms) - t0 )) ms"
 fi
 
+# The Galera cluster (three nodes, ~35 s): in this run's dir, on ports free at the time.
+GALERA_OK=0
+unset COINPAY_TEST_GALERA_URLS COINPAY_TEST_GALERA_URL COINPAY_GALERA_SCRIPT
+if ((SERVICES_OK)) && bash "$ROOT/scripts/galera.sh" install; then
+  t0=$(now_ms)
+  GALERA_DIR=$SVC_DIR/galera
+  GALERA_BASE_PORT=$(( 30000 + RANDOM % 20000 ))
+  export GALERA_DIR GALERA_BASE_PORT
+  if GALERA_ENV=$(bash "$ROOT/scripts/galera.sh" start); then
+    eval "$GALERA_ENV"
+    export COINPAY_GALERA_SCRIPT=$ROOT/scripts/galera.sh
+    GALERA_OK=1
+  else missing "the Galera cluster did not start (GALERA_DIR=$GALERA_DIR)"; fi
+  say "galera start: $(( $(now_ms) - t0 )) ms"
+else
+  missing "could not install Galera (scripts/galera.sh install failed)"
+fi
+
 # ---------------------------------------------------------------------------------------------
 # 4. Environment for the tests.
 unset COINPAY_TEST_MYSQL_URL COINPAY_TEST_REDIS_HOST COINPAY_TEST_REDIS_PORT MYSQL_URL REDIS_URL \
@@ -271,6 +295,7 @@ fi
 {
   echo "================================ coinpay tests ================================"
   echo " mariadb : $( ((MYSQL_OK)) && { mariadbd --version | sed 's/ for .*//;s/  */ /g'; echo " @ 127.0.0.1:$MY_PORT"; } | tr -d '\n' || echo 'NOT AVAILABLE - MariaDB tests skip')"
+  echo " galera  : $( ((GALERA_OK)) && echo "3 nodes @ 127.0.0.1:$GALERA_BASE_PORT-$((GALERA_BASE_PORT + 2))" || echo 'NOT AVAILABLE - Galera tests skip')"
   echo " redis   : $( ((REDIS_OK)) && { redis-server --version | cut -d' ' -f1-3; echo " @ 127.0.0.1:$REDIS_PORT"; } | tr -d '\n' || echo 'NOT AVAILABLE - Redis tests skip')"
   if ((PY_OK)); then
     echo " python  : $("$COINPAY_TEST_PYTHON" --version 2>&1) ($COINPAY_TEST_PYTHON)"

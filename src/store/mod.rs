@@ -2,6 +2,7 @@
 //! by DATABASE_URL. Every query is written once; `with_read!`/`with_write!` type-check it for
 //! each backend. The database is the source of truth for every order and every coin.
 
+pub mod galera;
 pub mod leases;
 pub mod ledger;
 pub mod orders;
@@ -105,11 +106,16 @@ impl std::ops::DerefMut for MysqlConn<'_> {
 pub struct MysqlPool {
     pool: Pool<AsyncMysqlConnection>,
     gate: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Checked connections tried before giving up: a node that died leaves every idle
+    /// connection to it broken, and each is discarded in turn before a new one is made.
+    attempts: usize,
 }
 
 /// Checked connections tried before giving up (each failed one is discarded).
 const CHECKOUT_ATTEMPTS: usize = 3;
 const CHECKOUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Retries of one piece of work after a conflict or a lost node (see [`MysqlPool::retrying`]).
+const TX_RETRIES: u32 = 6;
 
 impl MysqlPool {
     async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
@@ -128,7 +134,7 @@ impl MysqlPool {
         use diesel_async::RunQueryDsl;
         let turn = self.turn().await?;
         let mut last = None;
-        for _ in 0..CHECKOUT_ATTEMPTS {
+        for _ in 0..self.attempts {
             let mut conn = self.pool.get().await?;
             match diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
                 .get_result::<i32>(&mut *conn)
@@ -142,7 +148,8 @@ impl MysqlPool {
             }
         }
         Err(StoreError::Connection(format!(
-            "no working connection after {CHECKOUT_ATTEMPTS} attempts: {}",
+            "no working connection after {} attempts: {}",
+            self.attempts,
             last.map_or_else(String::new, |e| e.to_string())
         )))
     }
@@ -153,6 +160,37 @@ impl MysqlPool {
         let turn = self.turn().await?;
         let conn = self.pool.get().await?;
         Ok(MysqlConn { conn, _turn: turn })
+    }
+
+    /// Runs `work` (a transaction or a query on a connection it takes), again when it failed in
+    /// a way that says "try again" rather than "this is wrong": a Galera certification
+    /// conflict or an InnoDB deadlock (both 1213), a node that is not (or no longer) in the
+    /// primary component, a connection lost mid-way. Bounded, with jittered back-off; each
+    /// retry counted in `coinpay_db_retries_total{reason}`.
+    ///
+    /// Safe to repeat: a failed transaction was rolled back; one whose COMMIT was lost on the
+    /// wire either did not commit, or did and its repetition finds the row moved on (every
+    /// order transition is a compare-and-set on the row's version, every ledger row unique
+    /// by request_id) and changes nothing.
+    pub async fn retrying<T>(
+        &self,
+        mut work: impl AsyncFnMut() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut attempt = 0;
+        loop {
+            match work().await {
+                Err(e) if attempt < TX_RETRIES => {
+                    let Some(reason) = galera::retry_reason(&e) else {
+                        return Err(e);
+                    };
+                    attempt += 1;
+                    galera::count_retry(reason);
+                    tracing::debug!(error = %e, reason, attempt, "retrying the database work");
+                    tokio::time::sleep(galera::backoff(attempt)).await;
+                }
+                r => return r,
+            }
+        }
     }
 
     fn state(&self) -> (u32, u32) {
@@ -188,9 +226,12 @@ macro_rules! with_conn {
     ($pool:expr, $sqlite:ident, $conn:ident => $body:expr) => {{
         match $pool {
             $crate::store::DbPool::Mysql(p) => {
-                let mut g = p.get().await?;
-                let $conn = &mut *g;
-                $body
+                p.retrying(async || {
+                    let mut g = p.get().await?;
+                    let $conn = &mut *g;
+                    Ok::<_, $crate::store::StoreError>($body)
+                })
+                .await?
             }
             $crate::store::DbPool::Sqlite { $sqlite: p, .. } => {
                 let mut g = p.get().await?;
@@ -252,7 +293,18 @@ fn sqlite_setup(
 impl DbPool {
     pub async fn connect(url: &str, size: u32) -> Result<Self, StoreError> {
         if url.starts_with("mysql://") {
-            let mgr = AsyncDieselConnectionManager::<AsyncMysqlConnection>::new(url);
+            let nodes = galera::Nodes::parse(url)?;
+            let first = nodes.first().to_string();
+            let mut cfg = ManagerConfig::<AsyncMysqlConnection>::default();
+            let setup = nodes.clone();
+            // Every new connection goes to a node that is up and, on Galera, synced in the
+            // primary component; the manager's own URL is only the first node's.
+            cfg.custom_setup = Box::new(move |_| {
+                let nodes = setup.clone();
+                async move { nodes.connect().await }.boxed()
+            });
+            let mgr =
+                AsyncDieselConnectionManager::<AsyncMysqlConnection>::new_with_config(first, cfg);
             // Checked by MysqlPool::get instead (see there).
             let pool = Pool::builder()
                 .max_size(size)
@@ -264,6 +316,7 @@ impl DbPool {
             Ok(DbPool::Mysql(MysqlPool {
                 pool,
                 gate: std::sync::Arc::new(tokio::sync::Semaphore::new(size as usize)),
+                attempts: CHECKOUT_ATTEMPTS.max(size as usize + 1),
             }))
         } else {
             let path = sqlite_path(url).to_string();
@@ -343,17 +396,48 @@ pub async fn run_migrations(url: &str) -> Result<usize, StoreError> {
         .map_err(|e| StoreError::Migration(e.to_string()))?
 }
 
+/// Migration attempts on MySQL (see [`migrate_blocking`]).
+const MIGRATION_RETRIES: u32 = 8;
+
+/// A blocking connection to the first node of `url` that answers.
+fn mysql_blocking_connection(
+    url: &str,
+) -> Result<AsyncConnectionWrapper<AsyncMysqlConnection>, StoreError> {
+    use diesel::Connection;
+    let mut last = String::new();
+    for node in galera::Nodes::parse(url)?.urls() {
+        match <AsyncConnectionWrapper<AsyncMysqlConnection> as Connection>::establish(node) {
+            Ok(c) => return Ok(c),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(StoreError::Connection(last))
+}
+
 fn migrate_blocking(url: &str) -> Result<usize, StoreError> {
     let mig = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
     if url.starts_with("mysql://") {
-        use diesel::Connection;
-        let mut c = <AsyncConnectionWrapper<AsyncMysqlConnection> as Connection>::establish(url)
-            .map_err(|e| StoreError::Connection(e.to_string()))?;
-        // Instances starting together must not race on DDL (MySQL DDL is not transactional).
-        SimpleConnection::batch_execute(&mut c, "DO GET_LOCK('coinpay_migrations', 120)")?;
-        let r = c.run_pending_migrations(MYSQL_MIGRATIONS).map(|v| v.len());
-        let _ = SimpleConnection::batch_execute(&mut c, "DO RELEASE_LOCK('coinpay_migrations')");
-        r.map_err(mig)
+        // GET_LOCK keeps instances on one server from racing on DDL (MySQL DDL is not
+        // transactional), but on Galera it is local to one node: an instance on another node
+        // may apply the same migration meanwhile, and one of them fails ("already exists").
+        // Then the loser reads the applied set again and carries on from there.
+        let mut attempt = 0;
+        loop {
+            let mut c = mysql_blocking_connection(url)?;
+            SimpleConnection::batch_execute(&mut c, "DO GET_LOCK('coinpay_migrations', 120)")?;
+            let r = c.run_pending_migrations(MYSQL_MIGRATIONS).map(|v| v.len());
+            let _ =
+                SimpleConnection::batch_execute(&mut c, "DO RELEASE_LOCK('coinpay_migrations')");
+            match r {
+                Ok(n) => return Ok(n),
+                Err(e) if attempt < MIGRATION_RETRIES => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "migration failed (another instance may be applying it); reading the applied set again");
+                    std::thread::sleep(galera::backoff(attempt + 4));
+                }
+                Err(e) => return Err(mig(e)),
+            }
+        }
     } else {
         use diesel::Connection;
         let path = sqlite_path(url);
@@ -392,9 +476,7 @@ pub async fn pending_migrations(url: &str) -> Result<usize, StoreError> {
         let mig =
             |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
         if url.starts_with("mysql://") {
-            let mut c =
-                <AsyncConnectionWrapper<AsyncMysqlConnection> as Connection>::establish(&url)
-                    .map_err(|e| StoreError::Connection(e.to_string()))?;
+            let mut c = mysql_blocking_connection(&url)?;
             c.pending_migrations(MYSQL_MIGRATIONS)
                 .map(|v| v.len())
                 .map_err(mig)

@@ -268,8 +268,12 @@ pub async fn apply(
                 .await??
         }
         DbPool::Mysql(p) => {
-            let mut c = p.get().await?;
-            mysql_apply(&mut c, row, &next, credit_txn.as_deref(), now).await?
+            // Retried on a Galera certification conflict or a lost node (see `retrying`).
+            p.retrying(async || {
+                let mut c = p.get().await?;
+                mysql_apply(&mut c, row, &next, credit_txn.as_deref(), now).await
+            })
+            .await?
         }
     };
     if moved {
