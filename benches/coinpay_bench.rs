@@ -912,7 +912,8 @@ async fn pending_orders(pool: &DbPool, users: &[i64], n: usize, tag: &str) -> Re
 
 fn notification(order: &OrderRow, txn: &str) -> Vec<u8> {
     let c = SandboxConfig::default_credentials();
-    let p = coinpay::sandbox::paid_notification_fields(&c, &order.order_no, txn, order.amount_fen);
+    let p =
+        coinpay::sandbox::paid_notification_fields(&c, &order.order_no, txn, order.amount_fen.0);
     let body = coinpay::wechat::notify::build_notification(&p, &c.api_key, c.sign_type, false);
     request("POST", CALLBACK, "text/xml", None, body.as_bytes())
 }
@@ -1269,8 +1270,11 @@ async fn run_backend_on(o: &Opts, db: &BenchDb) -> Res<Outcome> {
         let l = o.load("consume");
         // Every user needs balance for their share; top up through the admin API if not.
         let per_user = l.count.div_ceil(user_ids.len()) as i64;
-        let balances: HashMap<i64, i64> =
-            users::balances(&cx.check_pool).await?.into_iter().collect();
+        let balances: HashMap<i64, i64> = users::balances(&cx.check_pool)
+            .await?
+            .into_iter()
+            .map(|(id, b)| (id, b.0))
+            .collect();
         for (k, uid) in user_ids.iter().enumerate() {
             let have = balances.get(uid).copied().unwrap_or(0);
             if have < per_user {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod money;
 pub mod order;
 pub mod redis;
 pub mod sandbox;

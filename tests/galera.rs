@@ -86,7 +86,10 @@ async fn assert_node_invariants(node_url: &str) -> (i64, i64) {
     .await
     .expect("orders")
     .0;
-    let paid = rows.iter().filter(|o| o.status == "paid").count() as i64;
+    let paid = rows
+        .iter()
+        .filter(|o| o.status == coinpay::order::state::OrderStatus::Paid)
+        .count() as i64;
     (rows.len() as i64, paid)
 }
 

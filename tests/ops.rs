@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use coinpay::order::state::OrderStatus;
 use common::*;
 use futures_util::future::join_all;
 use serde_json::Value;
@@ -669,7 +670,7 @@ async fn check_orders_against_ledger(db: &TestDb, user_id: i64, must_be_paid: &H
         .expect("ledger");
     let recharges: Vec<_> = ledger_rows
         .iter()
-        .filter(|r| r.kind == ledger::KIND_RECHARGE)
+        .filter(|r| r.kind == ledger::LedgerKind::Recharge)
         .collect();
     let by_no: HashMap<&str, &orders::OrderRow> =
         rows.iter().map(|r| (r.order_no.as_str(), r)).collect();
@@ -678,7 +679,7 @@ async fn check_orders_against_ledger(db: &TestDb, user_id: i64, must_be_paid: &H
             .iter()
             .filter(|r| r.order_no.as_deref() == Some(o.order_no.as_str()))
             .collect();
-        if o.status == "paid" {
+        if o.status == OrderStatus::Paid {
             assert!(
                 o.transaction_id.is_some(),
                 "paid without a transaction: {o:?}"
@@ -697,7 +698,7 @@ async fn check_orders_against_ledger(db: &TestDb, user_id: i64, must_be_paid: &H
     for r in &recharges {
         let no = r.order_no.as_deref().unwrap_or_default();
         assert!(
-            by_no.get(no).is_some_and(|o| o.status == "paid"),
+            by_no.get(no).is_some_and(|o| o.status == OrderStatus::Paid),
             "recharge row for an order that is not paid: {r:?}"
         );
     }
@@ -705,7 +706,11 @@ async fn check_orders_against_ledger(db: &TestDb, user_id: i64, must_be_paid: &H
         let o = by_no
             .get(no.as_str())
             .unwrap_or_else(|| panic!("acknowledged order {no} does not exist"));
-        assert_eq!(o.status, "paid", "SUCCESS was answered for {no}: {o:?}");
+        assert_eq!(
+            o.status,
+            OrderStatus::Paid,
+            "SUCCESS was answered for {no}: {o:?}"
+        );
     }
 }
 
@@ -805,8 +810,8 @@ async fn sigterm_is_graceful() {
                 .await
                 .expect("orders");
             rows.iter()
-                .filter(|o| o.status == "paid")
-                .map(|o| o.credit())
+                .filter(|o| o.status == OrderStatus::Paid)
+                .map(|o| o.credit().0)
                 .sum()
         };
         assert_eq!(b.balance(&token_b).await, paid);

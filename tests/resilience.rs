@@ -250,7 +250,11 @@ async fn kill_minus_nine_loses_no_payment() {
         })
         .await;
         let rows = all_orders(&db).await;
-        assert!(rows.iter().all(|o| o.status == "paid"), "{rows:?}");
+        assert!(
+            rows.iter()
+                .all(|o| o.status == coinpay::order::state::OrderStatus::Paid),
+            "{rows:?}"
+        );
         actix_rt::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(app2.balance(&token).await, 720);
         db.assert_invariants().await;

@@ -10,8 +10,9 @@ use super::auth::AdminCaller;
 use super::internal::{MAX_REQUEST_ID, int_field, movement_reply, str_field};
 use super::views::{LedgerView, OrderView, PackageView, PageQuery};
 use crate::error::AppError;
+use crate::money::{Coins, Fen};
 use crate::order::actor::Outcome;
-use crate::store::ledger::{self, KIND_ADJUST, Movement};
+use crate::store::ledger::{self, LedgerKind, Movement};
 use crate::store::orders::{self, OrderFilter};
 use crate::store::packages::{self, Package, PackageFields};
 use crate::store::users::{self, User};
@@ -59,12 +60,12 @@ fn package_fields(body: &Value, base: Option<&Package>) -> Result<PackageFields,
         (None | Some(Value::Null), Some(p)) => p.name.clone(),
         _ => str_field(body, "name", 64)?.to_string(),
     };
-    let coins = int("coins", base.map(|p| p.coins))?;
+    let coins = int("coins", base.map(|p| p.coins.0))?;
     let bonus_coins = match (body.get("bonus_coins"), base) {
         (None | Some(Value::Null), None) => 0,
-        _ => int("bonus_coins", base.map(|p| p.bonus_coins))?,
+        _ => int("bonus_coins", base.map(|p| p.bonus_coins.0))?,
     };
-    let price_fen = int("price_fen", base.map(|p| p.price_fen))?;
+    let price_fen = int("price_fen", base.map(|p| p.price_fen.0))?;
     let sort_order = match (body.get("sort_order"), base) {
         (None | Some(Value::Null), None) => 0,
         _ => int("sort_order", base.map(|p| p.sort_order as i64))?,
@@ -97,9 +98,9 @@ fn package_fields(body: &Value, base: Option<&Package>) -> Result<PackageFields,
         .map_err(|_| AppError::validation("sort_order", "out of range"))?;
     Ok(PackageFields {
         name,
-        coins,
-        bonus_coins,
-        price_fen,
+        coins: Coins(coins),
+        bonus_coins: Coins(bonus_coins),
+        price_fen: Fen(price_fen),
         sort_order,
         active,
     })
@@ -312,9 +313,9 @@ async fn adjust_balance(
     let request_id = str_field(&body, "request_id", MAX_REQUEST_ID)?;
     let reason = str_field(&body, "reason", 255)?;
     let m = Movement {
-        kind: KIND_ADJUST,
+        kind: LedgerKind::Adjust,
         user_id,
-        delta,
+        delta: Coins(delta),
         request_id,
         reason,
     };

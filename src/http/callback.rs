@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use super::{AppState, ClientIp};
 use crate::metrics::NotificationOutcome;
+use crate::money::Fen;
 use crate::order::actor::{OrderError, Outcome};
 use crate::order::state::{OrderStatus, Rejection, Stay};
 use crate::wechat::notify::{self, Notification};
@@ -106,7 +107,12 @@ fn log_answer(result: &Result<Outcome, OrderError>, a: &Answer) {
             tracing::info!("duplicate notification; already credited")
         }
         Ok(Outcome::Refused(Rejection::AmountMismatch { expected, got })) => {
-            tracing::warn!(reason, expected, got, "notification refused")
+            tracing::warn!(
+                reason,
+                expected = expected.0,
+                got = got.0,
+                "notification refused"
+            )
         }
         Ok(other) if a.outcome == NotificationOutcome::Rejected => {
             tracing::error!(outcome = ?other, "notification left the order unchanged")
@@ -135,7 +141,7 @@ async fn payment_notification(
                         .map(|()| Outcome::Unchanged)
                 } else {
                     st.orders
-                        .notify(&n.out_trade_no, &n.transaction_id, n.total_fee)
+                        .notify(&n.out_trade_no, &n.transaction_id, Fen(n.total_fee))
                         .await
                 };
                 let a = answer(&result);
@@ -225,8 +231,8 @@ mod tests {
     #[test]
     fn every_order_answer_maps_to_its_reply_and_label() {
         let mismatch = Ok(Outcome::Refused(Rejection::AmountMismatch {
-            expected: 600,
-            got: 601,
+            expected: Fen(600),
+            got: Fen(601),
         }));
         let double = Ok(Outcome::Refused(Rejection::DoublePayment {
             existing: "T1".into(),

@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::InternalCaller;
 use crate::error::AppError;
-use crate::store::ledger::{self, KIND_CONSUME, MoveOutcome, Movement};
+use crate::money::Coins;
+use crate::store::ledger::{self, LedgerKind, MoveOutcome, Movement};
 use crate::store::users;
 
 pub const MAX_REQUEST_ID: usize = 64;
@@ -51,9 +52,10 @@ pub fn movement_reply(
         MoveOutcome::Applied(row) => Ok((ledger_reply(&row, false), "ok")),
         MoveOutcome::Replayed(row) => Ok((ledger_reply(&row, true), "replayed")),
         MoveOutcome::RequestIdConflict(_) => Err(AppError::RequestIdConflict),
-        MoveOutcome::Insufficient { balance } => {
-            Err(AppError::InsufficientBalance { balance, requested })
-        }
+        MoveOutcome::Insufficient { balance } => Err(AppError::InsufficientBalance {
+            balance: balance.0,
+            requested,
+        }),
         MoveOutcome::UnknownUser => Err(AppError::NotFound("user")),
     }
 }
@@ -86,9 +88,9 @@ pub async fn consume(
     let request_id = str_field(&body, "request_id", MAX_REQUEST_ID)?;
     let reason = str_field(&body, "reason", 255)?;
     let m = Movement {
-        kind: KIND_CONSUME,
+        kind: LedgerKind::Consume,
         user_id,
-        delta: -amount,
+        delta: Coins(-amount),
         request_id,
         reason,
     };

@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::ledger::LedgerRow;
+use crate::money::{Coins, Fen};
+use crate::order::state::OrderStatus;
+use crate::store::ledger::{LedgerKind, LedgerRow};
 use crate::store::orders::OrderRow;
 use crate::store::packages::Package;
 
@@ -16,10 +18,10 @@ pub fn time(ms: i64) -> String {
 pub struct PackageView {
     pub id: i64,
     pub name: String,
-    pub coins: i64,
-    pub bonus_coins: i64,
-    pub total_coins: i64,
-    pub price_fen: i64,
+    pub coins: Coins,
+    pub bonus_coins: Coins,
+    pub total_coins: Coins,
+    pub price_fen: Fen,
     pub sort_order: i32,
     pub active: bool,
 }
@@ -42,11 +44,11 @@ impl From<&Package> for PackageView {
 #[derive(Serialize)]
 pub struct OrderView {
     pub order_no: String,
-    pub status: String,
+    pub status: OrderStatus,
     pub package_id: i64,
-    pub amount_fen: i64,
-    pub coins: i64,
-    pub bonus_coins: i64,
+    pub amount_fen: Fen,
+    pub coins: Coins,
+    pub bonus_coins: Coins,
     pub created_at: String,
     pub expires_at: String,
     pub paid_at: Option<String>,
@@ -58,7 +60,7 @@ impl From<&OrderRow> for OrderView {
     fn from(o: &OrderRow) -> Self {
         OrderView {
             order_no: o.order_no.clone(),
-            status: o.status.clone(),
+            status: o.status,
             package_id: o.package_id,
             amount_fen: o.amount_fen,
             coins: o.coins,
@@ -75,12 +77,12 @@ impl From<&OrderRow> for OrderView {
 #[derive(Serialize)]
 pub struct LedgerView {
     pub id: i64,
-    pub kind: String,
-    pub delta: i64,
-    pub balance_after: i64,
+    pub kind: LedgerKind,
+    pub delta: Coins,
+    pub balance_after: Coins,
     pub order_no: Option<String>,
     pub transaction_id: Option<String>,
-    pub amount_fen: Option<i64>,
+    pub amount_fen: Option<Fen>,
     pub request_id: Option<String>,
     pub reason: Option<String>,
     pub created_at: String,
@@ -90,7 +92,7 @@ impl From<&LedgerRow> for LedgerView {
     fn from(l: &LedgerRow) -> Self {
         LedgerView {
             id: l.id,
-            kind: l.kind.clone(),
+            kind: l.kind,
             delta: l.delta,
             balance_after: l.balance_after,
             order_no: l.order_no.clone(),

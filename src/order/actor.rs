@@ -32,6 +32,7 @@ use super::state::{
 };
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::money::Fen;
 use crate::store::orders::{self, Decided, OrderRow};
 use crate::store::{DbPool, StoreError};
 use crate::wechat::client::{TradeState, UnifiedOrder, WechatClient, WechatError};
@@ -73,7 +74,7 @@ impl OrderError {
 #[rtype(result = "Result<Outcome, OrderError>")]
 pub struct Notify {
     pub transaction_id: String,
-    pub total_fee: i64,
+    pub total_fee: Fen,
 }
 
 /// Calls unifiedorder and moves the order created → pending (or failed).
@@ -215,7 +216,7 @@ impl Actor for OrderActor {
             .min(self.idle)
             .max(Duration::from_millis(100));
         ctx.run_interval(tick, |act, ctx| {
-            let terminal = act.row.as_ref().is_some_and(|r| r.status().is_terminal());
+            let terminal = act.row.as_ref().is_some_and(|r| r.status.is_terminal());
             let limit = if terminal {
                 act.terminal_linger
             } else {
@@ -260,7 +261,7 @@ impl Handler<Prepare> for OrderActor {
     fn handle(&mut self, msg: Prepare, _: &mut Self::Context) -> Self::Result {
         self.supervise(async move |core, order_no, row| {
             let row = loaded(&core, &order_no, row).await?;
-            if row.status() != OrderStatus::Created {
+            if row.status != OrderStatus::Created {
                 return Ok((Some(row.clone()), Prepared::Unchanged(row)));
             }
             let (event, refusal) = match prepare(&core, &row, msg.openid, msg.client_ip).await? {
@@ -358,7 +359,7 @@ async fn reload(core: &OrderCore, order_no: &str) -> Result<OrderRow, OrderError
 
 fn facts(row: &OrderRow) -> Facts<'_> {
     Facts {
-        status: row.status(),
+        status: row.status,
         amount_fen: row.amount_fen,
         transaction_id: row.transaction_id.as_deref(),
     }
@@ -421,7 +422,7 @@ async fn carry_out(
         match decision {
             Decision::Move(step) => {
                 match orders::apply(&core.db, &row, step.to, &step.effect).await {
-                    Ok(next) => return Ok(moved(core, row.status(), step, next)),
+                    Ok(next) => return Ok(moved(core, row.status, step, next)),
                     Err(StoreError::Conflict) => {
                         // Another instance moved first: reload and decide again.
                         tracing::info!("order changed concurrently; reloading");
@@ -483,7 +484,7 @@ async fn prepare(
     let req = UnifiedOrder {
         out_trade_no: row.order_no.clone(),
         body: core.settings.wechat.order_body.clone(),
-        total_fee: row.amount_fen,
+        total_fee: row.amount_fen.0,
         spbill_create_ip: client_ip,
         openid,
         time_start: ms_to_utc(row.created_at),
@@ -518,7 +519,7 @@ async fn query(
             (TradeState::Success | TradeState::Refund, Some(transaction_id), Some(total_fee)) => {
                 Verdict::Paid {
                     transaction_id,
-                    total_fee,
+                    total_fee: Fen(total_fee),
                 }
             }
             (TradeState::UserPaying | TradeState::Accept, _, _) => Verdict::UserPaying,
@@ -567,13 +568,13 @@ fn record_move(core: &OrderCore, row: &OrderRow, step: &Move) {
     match (step.to, &step.effect) {
         (OrderStatus::Paid, Effect::Credit { transaction_id }) => {
             m.order_event("paid");
-            m.coins_credited.inc_by(row.credit().max(0) as u64);
-            m.fen_received.inc_by(row.amount_fen.max(0) as u64);
+            m.coins_credited.inc_by(row.credit().0.max(0) as u64);
+            m.fen_received.inc_by(row.amount_fen.0.max(0) as u64);
             if step.late {
                 m.late_payments.inc();
                 tracing::warn!(transaction_id = %transaction_id, user_id = row.user_id, "late payment credited");
             } else {
-                tracing::info!(transaction_id = %transaction_id, user_id = row.user_id, coins = row.credit(), "order paid and credited");
+                tracing::info!(transaction_id = %transaction_id, user_id = row.user_id, coins = row.credit().0, "order paid and credited");
             }
         }
         (OrderStatus::Expired, _) => {

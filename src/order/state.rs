@@ -28,6 +28,8 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
+use crate::money::Fen;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
@@ -88,7 +90,7 @@ impl FromStr for OrderStatus {
 pub enum Verdict {
     Paid {
         transaction_id: String,
-        total_fee: i64,
+        total_fee: Fen,
     },
     UserPaying,
     /// NOTPAY, CLOSED, REVOKED, PAYERROR: no money was taken.
@@ -105,7 +107,7 @@ pub enum OrderEvent {
     },
     PaymentConfirmed {
         transaction_id: String,
-        total_fee: i64,
+        total_fee: Fen,
     },
     /// The sweeper found the order past its expiry.
     Timeout,
@@ -123,7 +125,7 @@ pub enum OrderEvent {
 #[derive(Clone, Debug)]
 pub struct Facts<'a> {
     pub status: OrderStatus,
-    pub amount_fen: i64,
+    pub amount_fen: Fen,
     pub transaction_id: Option<&'a str>,
 }
 
@@ -164,7 +166,7 @@ pub enum Stay {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     #[error("notified total_fee {got} differs from the order amount {expected}")]
-    AmountMismatch { expected: i64, got: i64 },
+    AmountMismatch { expected: Fen, got: Fen },
     #[error("paid twice: order holds transaction {existing}, notified {other}")]
     DoublePayment { existing: String, other: String },
     #[error("{event} is not allowed in state {from}")]
@@ -297,7 +299,7 @@ pub fn transition(f: &Facts<'_>, ev: &OrderEvent) -> Decision {
 }
 
 /// Money taken is always credited, once; a payment that does not match is never credited.
-fn payment(f: &Facts<'_>, transaction_id: &str, total_fee: i64) -> Decision {
+fn payment(f: &Facts<'_>, transaction_id: &str, total_fee: Fen) -> Decision {
     if f.status == OrderStatus::Paid {
         return match f.transaction_id {
             Some(existing) if existing == transaction_id => Decision::Stay(Stay::Duplicate),
@@ -327,7 +329,7 @@ mod tests {
     use super::*;
     use OrderStatus::*;
 
-    const AMOUNT: i64 = 600;
+    const AMOUNT: Fen = Fen(600);
 
     fn facts(status: OrderStatus) -> Facts<'static> {
         Facts {
@@ -337,7 +339,7 @@ mod tests {
         }
     }
 
-    fn paid_event(txn: &str, fee: i64) -> OrderEvent {
+    fn paid_event(txn: &str, fee: Fen) -> OrderEvent {
         OrderEvent::PaymentConfirmed {
             transaction_id: txn.into(),
             total_fee: fee,
@@ -361,7 +363,7 @@ mod tests {
     fn invalid(from: OrderStatus, event: &'static str) -> Decision {
         Decision::Refuse(Rejection::InvalidTransition { from, event })
     }
-    fn mismatch(got: i64) -> Decision {
+    fn mismatch(got: Fen) -> Decision {
         Decision::Refuse(Rejection::AmountMismatch {
             expected: AMOUNT,
             got,
@@ -384,7 +386,7 @@ mod tests {
             },
             paid_event("T1", AMOUNT),
             paid_event("T2", AMOUNT),
-            paid_event("T1", AMOUNT + 1),
+            paid_event("T1", Fen(AMOUNT.0 + 1)),
             OrderEvent::Timeout,
             queried(
                 Verdict::Paid {
@@ -431,7 +433,7 @@ mod tests {
             (Paid, 4) => Decision::Stay(Stay::Duplicate),
             (_, 2) | (_, 6) => credit("T1", late),
             (_, 3) => credit("T2", late),
-            (_, 4) => mismatch(AMOUNT + 1),
+            (_, 4) => mismatch(Fen(AMOUNT.0 + 1)),
             (Pending, 5) => Decision::Ask(Ask::OrderQuery),
             (Created, 5) => EXPIRE,
             (_, 5) => Decision::Stay(Stay::NoOp),
@@ -477,8 +479,8 @@ mod tests {
             credit("T5", true)
         );
         assert_eq!(
-            transition(&facts(Expired), &paid_event("T5", 1)),
-            mismatch(1)
+            transition(&facts(Expired), &paid_event("T5", Fen(1))),
+            mismatch(Fen(1))
         );
     }
 

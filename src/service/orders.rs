@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
+use crate::money::Fen;
 use crate::order::actor::{
     Check, InjectPanic, Notify, OrderError, Outcome, Prepare, Prepared, Settled,
 };
@@ -142,7 +143,7 @@ impl OrderService {
         }
         let order_no = order_no.ok_or(CreateOrderError::NoFreeNumber)?;
         self.metrics.order_event("created");
-        tracing::info!(order_no = %order_no, user_id, package_id, amount_fen = package.price_fen, "order created");
+        tracing::info!(order_no = %order_no, user_id, package_id, amount_fen = package.price_fen.0, "order created");
 
         let prepare = Prepare {
             openid: user.openid,
@@ -173,7 +174,7 @@ impl OrderService {
         &self,
         order_no: &str,
         transaction_id: &str,
-        total_fee: i64,
+        total_fee: Fen,
     ) -> Result<Outcome, OrderError> {
         let notify = Notify {
             transaction_id: transaction_id.to_string(),

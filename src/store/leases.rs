@@ -5,7 +5,7 @@ use diesel_async::RunQueryDsl;
 
 use super::schema::leases as le;
 use super::{DbPool, StoreError};
-use crate::{with_read, with_write};
+use crate::with_read;
 
 /// Takes or renews the lease when it is free, expired, or already ours. True when we hold it.
 pub async fn try_acquire(
@@ -15,14 +15,17 @@ pub async fn try_acquire(
     now: i64,
     until: i64,
 ) -> Result<bool, StoreError> {
-    let n = with_write!(pool, conn => diesel::update(
+    let take = diesel::update(
         le::table
-            .filter(le::name.eq(name))
-            .filter(le::until_ms.lt(now).or(le::holder.eq(holder))),
+            .filter(le::name.eq(name.to_string()))
+            .filter(le::until_ms.lt(now).or(le::holder.eq(holder.to_string()))),
     )
-    .set((le::holder.eq(holder), le::until_ms.eq(until), le::updated_at.eq(now)))
-    .execute(conn)
-    .await?);
+    .set((
+        le::holder.eq(holder.to_string()),
+        le::until_ms.eq(until),
+        le::updated_at.eq(now),
+    ));
+    let n = super::execute(pool, take).await?;
     if n == 1 {
         return Ok(true);
     }
@@ -35,16 +38,13 @@ pub async fn try_acquire(
     if exists > 0 {
         return Ok(false);
     }
-    let inserted = with_write!(pool, conn => diesel::insert_into(le::table)
-        .values((
-            le::name.eq(name),
-            le::holder.eq(holder),
-            le::until_ms.eq(until),
-            le::updated_at.eq(now),
-        ))
-        .execute(conn)
-        .await);
-    match inserted.map_err(StoreError::from) {
+    let create = diesel::insert_into(le::table).values((
+        le::name.eq(name.to_string()),
+        le::holder.eq(holder.to_string()),
+        le::until_ms.eq(until),
+        le::updated_at.eq(now),
+    ));
+    match super::execute(pool, create).await {
         Ok(_) => Ok(true),
         Err(e) if e.is_unique_violation() => Ok(false),
         Err(e) => Err(e),
@@ -53,12 +53,13 @@ pub async fn try_acquire(
 
 /// Gives the lease up early (graceful shutdown) so another instance need not wait it out.
 pub async fn release(pool: &DbPool, name: &str, holder: &str) -> Result<(), StoreError> {
-    with_write!(pool, conn => diesel::update(
-        le::table.filter(le::name.eq(name)).filter(le::holder.eq(holder)),
+    let give_up = diesel::update(
+        le::table
+            .filter(le::name.eq(name.to_string()))
+            .filter(le::holder.eq(holder.to_string())),
     )
-    .set(le::until_ms.eq(0))
-    .execute(conn)
-    .await?);
+    .set(le::until_ms.eq(0));
+    super::execute(pool, give_up).await?;
     Ok(())
 }
 

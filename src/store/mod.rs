@@ -1,7 +1,13 @@
 //! Storage: one diesel schema, run on MySQL/MariaDB (mysql_async) or SQLite (bundled), chosen
-//! by DATABASE_URL. Every query is written once; `with_read!`/`with_write!` type-check it for
-//! each backend. The database is the source of truth for every order and every coin.
+//! by DATABASE_URL. The database is the source of truth for every order and every coin.
+//!
+//! Every statement is written once. A read runs through `with_read!`, which type-checks it for
+//! each backend on an async connection. A write is built by a function that returns the
+//! statement (a [`Statement`]: valid on both backends); [`execute`] runs a single one, and a
+//! transaction of several runs them through two small executors, sync diesel on SQLite's writer
+//! thread and diesel-async on MySQL (see `orders::Transition`, `ledger::post`).
 
+pub mod columns;
 pub mod galera;
 pub mod leases;
 pub mod ledger;
@@ -11,8 +17,12 @@ pub mod schema;
 pub mod users;
 pub mod writer;
 
+#[cfg(test)]
+mod tests;
+
 use diesel::ConnectionError;
 use diesel::connection::SimpleConnection;
+use diesel::query_builder::{QueryFragment, QueryId};
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::bb8::{Pool, RunError};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
@@ -57,21 +67,54 @@ impl From<RunError> for StoreError {
     }
 }
 
-/// The pools. SQLite allows one writer at a time, so writes go through a single connection
-/// (serialised in-process, no busy-handler back-off tails) and reads through the others.
-/// Writers queue for that connection first come, first served at `write_gate`: bb8 alone lets a
-/// caller that arrives while the connection is idle take it ahead of those already waiting,
-/// which under load starved some writers for seconds.
+/// The pools. SQLite allows one writer at a time, so every write runs on one connection owned by
+/// the writer thread ([`writer`]), one job after the other in arrival order: writes are
+/// serialised in-process, never meet SQLite's busy handler, and no writer can be starved by
+/// later ones. Reads go through a pool of their own (WAL lets them run beside the writer).
 #[derive(Clone)]
 pub enum DbPool {
     Mysql(MysqlPool),
     Sqlite {
         read: Pool<SqliteConn>,
-        write: Pool<SqliteConn>,
-        write_gate: std::sync::Arc<tokio::sync::Semaphore>,
-        /// Order transitions (see [`writer`]); takes its turn at `write_gate` too.
         writer: writer::Writer,
     },
+}
+
+/// A write statement valid on both backends, so that it is written once: a function builds it,
+/// and either executor runs it.
+pub trait Statement:
+    QueryFragment<diesel::mysql::Mysql> + QueryFragment<diesel::sqlite::Sqlite> + QueryId + Send
+{
+}
+
+impl<T> Statement for T where
+    T: QueryFragment<diesel::mysql::Mysql> + QueryFragment<diesel::sqlite::Sqlite> + QueryId + Send
+{
+}
+
+/// Runs a write statement with sync diesel, on SQLite's writer thread.
+pub fn execute_blocking(
+    stmt: impl Statement,
+    c: &mut diesel::SqliteConnection,
+) -> diesel::QueryResult<usize> {
+    diesel::query_dsl::methods::ExecuteDsl::<_, diesel::sqlite::Sqlite>::execute(stmt, c)
+}
+
+/// Runs one write statement on its own: on MySQL on a checked connection, on SQLite in the
+/// writer's turn. Returns how many rows it changed.
+pub async fn execute(pool: &DbPool, stmt: impl Statement + 'static) -> Result<usize, StoreError> {
+    match pool {
+        DbPool::Mysql(p) => {
+            // Not retried here: the statement is consumed. A single statement that lost a
+            // certification conflict is reported; its callers (leases, inserts) try again on
+            // their own terms (the next sweep tick, the client's retry).
+            let mut c = p.get().await?;
+            Ok(diesel_async::RunQueryDsl::execute(stmt, &mut *c).await?)
+        }
+        DbPool::Sqlite { writer, .. } => {
+            Ok(writer.run(move |c| execute_blocking(stmt, c)).await??)
+        }
+    }
 }
 
 /// A MySQL connection from [`MysqlPool`], with the caller's turn.
@@ -210,20 +253,11 @@ pub fn discard(mut c: MysqlConn<'_>) {
     mark_broken(&mut c);
 }
 
-/// A turn at SQLite's write connection, in arrival order (see [`DbPool`]).
-pub async fn write_turn(
-    gate: &tokio::sync::Semaphore,
-) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
-    gate.acquire()
-        .await
-        .map_err(|e| StoreError::Connection(e.to_string()))
-}
-
-/// Runs `$body` with `$conn` bound to a connection of either backend: the body is type-checked
-/// once per backend. `$sqlite` picks the SQLite pool (`read` or `write`); MySQL has one pool.
+/// Runs the read `$body` with `$conn` bound to a connection of either backend: the body is
+/// written once and type-checked once per backend.
 #[macro_export]
-macro_rules! with_conn {
-    ($pool:expr, $sqlite:ident, $conn:ident => $body:expr) => {{
+macro_rules! with_read {
+    ($pool:expr, $conn:ident => $body:expr) => {{
         match $pool {
             $crate::store::DbPool::Mysql(p) => {
                 p.retrying(async || {
@@ -233,34 +267,12 @@ macro_rules! with_conn {
                 })
                 .await?
             }
-            $crate::store::DbPool::Sqlite { $sqlite: p, .. } => {
+            $crate::store::DbPool::Sqlite { read: p, .. } => {
                 let mut g = p.get().await?;
                 let $conn = &mut *g;
                 $body
             }
         }
-    }};
-}
-
-/// A read connection of either backend.
-#[macro_export]
-macro_rules! with_read {
-    ($pool:expr, $conn:ident => $body:expr) => {
-        $crate::with_conn!($pool, read, $conn => $body)
-    };
-}
-
-/// A write connection of either backend (on SQLite, the single writer, taken in turn).
-#[macro_export]
-macro_rules! with_write {
-    ($pool:expr, $conn:ident => $body:expr) => {{
-        let _turn = match $pool {
-            $crate::store::DbPool::Sqlite { write_gate, .. } => {
-                Some($crate::store::write_turn(write_gate).await?)
-            }
-            $crate::store::DbPool::Mysql(_) => None,
-        };
-        $crate::with_conn!($pool, write, $conn => $body)
     }};
 }
 
@@ -326,26 +338,20 @@ impl DbPool {
                 cfg.custom_setup = Box::new(sqlite_setup);
                 let mgr = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(&path, cfg);
                 // No `SELECT 1` at every checkout: a local file connection does not go stale
-                // the way a network one does, and on the single writer that check was one more
-                // blocking hand-over inside every write's turn.
+                // the way a network one does, and the check would be one more blocking
+                // hand-over per read.
                 Pool::builder()
                     .max_size(n)
                     .connection_timeout(std::time::Duration::from_secs(10))
                     .test_on_check_out(false)
                     .build(mgr)
             };
-            let write = build(1)
-                .await
-                .map_err(|e| StoreError::Connection(e.to_string()))?;
             let read = build(size.max(1))
                 .await
                 .map_err(|e| StoreError::Connection(e.to_string()))?;
-            let write_gate = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
             Ok(DbPool::Sqlite {
                 read,
-                write,
-                writer: writer::Writer::start(&path, write_gate.clone())?,
-                write_gate,
+                writer: writer::Writer::start(&path)?,
             })
         }
     }
@@ -452,20 +458,6 @@ fn migrate_blocking(url: &str) -> Result<usize, StoreError> {
             .map(|v| v.len())
             .map_err(mig)
     }
-}
-
-/// The id of the row this connection inserted last (no RETURNING on MySQL).
-pub trait LastInsertId {
-    const SQL: &'static str;
-}
-impl LastInsertId for AsyncMysqlConnection {
-    const SQL: &'static str = "LAST_INSERT_ID()";
-}
-impl LastInsertId for SqliteConn {
-    const SQL: &'static str = "last_insert_rowid()";
-}
-pub fn last_insert_id_sql<C: LastInsertId>(_: &C) -> &'static str {
-    C::SQL
 }
 
 /// How many embedded migrations have not been applied yet (for check-config).

@@ -2,13 +2,16 @@
 //! same transaction as its effects, so several actors or instances can never both win.
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel::sqlite::SqliteConnection;
+use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
 use serde::Serialize;
 
-use super::schema::{compute_logs as l, recharge_orders as o, users as u};
-use super::{DbPool, StoreError, now_ms};
+use super::ledger::{self, LedgerKind};
+use super::schema::recharge_orders as o;
+use super::{DbPool, Statement, StoreError, now_ms};
+use crate::money::{Coins, Fen};
 use crate::order::state::{Decision, Effect, Move, OrderStatus};
-use crate::{with_read, with_write};
+use crate::with_read;
 
 #[derive(Queryable, Selectable, Serialize, Clone, Debug, PartialEq, Eq)]
 #[diesel(table_name = o, check_for_backend(diesel::mysql::Mysql, diesel::sqlite::Sqlite))]
@@ -17,10 +20,10 @@ pub struct OrderRow {
     pub order_no: String,
     pub user_id: i64,
     pub package_id: i64,
-    pub amount_fen: i64,
-    pub coins: i64,
-    pub bonus_coins: i64,
-    pub status: String,
+    pub amount_fen: Fen,
+    pub coins: Coins,
+    pub bonus_coins: Coins,
+    pub status: OrderStatus,
     pub version: i64,
     pub prepay_id: Option<String>,
     pub transaction_id: Option<String>,
@@ -32,11 +35,8 @@ pub struct OrderRow {
 }
 
 impl OrderRow {
-    pub fn status(&self) -> OrderStatus {
-        // Only this module writes the column, always from OrderStatus::as_str.
-        self.status.parse().unwrap_or(OrderStatus::Failed)
-    }
-    pub fn credit(&self) -> i64 {
+    /// The coins a payment of this order credits: the package's coins and its bonus.
+    pub fn credit(&self) -> Coins {
         self.coins + self.bonus_coins
     }
 }
@@ -45,40 +45,41 @@ pub struct NewOrder<'a> {
     pub order_no: &'a str,
     pub user_id: i64,
     pub package_id: i64,
-    pub amount_fen: i64,
-    pub coins: i64,
-    pub bonus_coins: i64,
+    pub amount_fen: Fen,
+    pub coins: Coins,
+    pub bonus_coins: Coins,
     pub created_at: i64,
     pub expires_at: i64,
 }
 
 pub async fn insert(pool: &DbPool, n: &NewOrder<'_>) -> Result<(), StoreError> {
-    with_write!(pool, conn => diesel::insert_into(o::table)
-        .values((
-            o::order_no.eq(n.order_no),
-            o::user_id.eq(n.user_id),
-            o::package_id.eq(n.package_id),
-            o::amount_fen.eq(n.amount_fen),
-            o::coins.eq(n.coins),
-            o::bonus_coins.eq(n.bonus_coins),
-            o::status.eq(OrderStatus::Created.as_str()),
-            o::version.eq(0),
-            o::created_at.eq(n.created_at),
-            o::expires_at.eq(n.expires_at),
-            o::updated_at.eq(n.created_at),
-        ))
-        .execute(conn)
-        .await?);
+    let insert = diesel::insert_into(o::table).values((
+        o::order_no.eq(n.order_no.to_string()),
+        o::user_id.eq(n.user_id),
+        o::package_id.eq(n.package_id),
+        o::amount_fen.eq(n.amount_fen),
+        o::coins.eq(n.coins),
+        o::bonus_coins.eq(n.bonus_coins),
+        o::status.eq(OrderStatus::Created),
+        o::version.eq(0),
+        o::created_at.eq(n.created_at),
+        o::expires_at.eq(n.expires_at),
+        o::updated_at.eq(n.created_at),
+    ));
+    super::execute(pool, insert).await?;
     Ok(())
 }
 
+/// The order numbered `order_no`.
+#[diesel::dsl::auto_type]
+fn numbered<'a>(order_no: &'a str) -> _ {
+    o::table.filter(o::order_no.eq(order_no))
+}
+
 pub async fn get(pool: &DbPool, order_no: &str) -> Result<Option<OrderRow>, StoreError> {
-    Ok(with_read!(pool, conn => o::table
-        .filter(o::order_no.eq(order_no))
-        .select(OrderRow::as_select())
-        .first(conn)
-        .await
-        .optional()?))
+    Ok(
+        with_read!(pool, conn => numbered(order_no).select(OrderRow::as_select()).first(conn).await.optional()?),
+    )
 }
 
 pub async fn get_by_transaction(
@@ -117,7 +118,7 @@ pub async fn list(
                 q = q.filter(o::user_id.eq(uid));
             }
             if let Some(s) = f.status {
-                q = q.filter(o::status.eq(s.as_str()));
+                q = q.filter(o::status.eq(s));
             }
             if let Some(t) = f.created_from {
                 q = q.filter(o::created_at.ge(t));
@@ -143,7 +144,7 @@ pub async fn list(
 
 /// Unpaid orders past their expiry, oldest first.
 pub async fn overdue(pool: &DbPool, now: i64, limit: i64) -> Result<Vec<String>, StoreError> {
-    let open = [OrderStatus::Created.as_str(), OrderStatus::Pending.as_str()];
+    let open = [OrderStatus::Created, OrderStatus::Pending];
     Ok(with_read!(pool, conn => o::table
         .filter(o::status.eq_any(open))
         .filter(o::expires_at.le(now))
@@ -157,96 +158,101 @@ pub async fn overdue(pool: &DbPool, now: i64, limit: i64) -> Result<Vec<String>,
 /// (number of pending orders, created_at of the oldest).
 pub async fn pending_stats(pool: &DbPool) -> Result<(i64, Option<i64>), StoreError> {
     Ok(with_read!(pool, conn => o::table
-        .filter(o::status.eq(OrderStatus::Pending.as_str()))
+        .filter(o::status.eq(OrderStatus::Pending))
         .select((diesel::dsl::count_star(), diesel::dsl::min(o::created_at)))
         .first(conn)
         .await?))
 }
 
-/// The statements of one transition, written once and instantiated twice: with `await` for
-/// diesel-async (MySQL), without for sync diesel on SQLite's blocking writer thread. Evaluates
-/// to false when the compare-and-set matched no row (then nothing was written).
-macro_rules! transition_statements {
-    ($c:ident, $row:expr, $next:expr, $credit_txn:expr, $now:expr $(, $aw:tt)?) => {{
-        let (row, next, now): (&OrderRow, &OrderRow, i64) = ($row, $next, $now);
-        let n = diesel::update(
-            o::table
-                .filter(o::order_no.eq(&row.order_no))
-                .filter(o::version.eq(row.version)),
-        )
-        .set((
-            o::status.eq(&next.status),
-            o::version.eq(next.version),
-            o::prepay_id.eq(&next.prepay_id),
-            o::transaction_id.eq(&next.transaction_id),
-            o::err_code.eq(&next.err_code),
-            o::paid_at.eq(next.paid_at),
-            o::updated_at.eq(now),
-        ))
-        .execute($c)
-        $(.$aw)??;
-        if n == 0 {
-            false
-        } else {
-            if let Some(transaction_id) = $credit_txn {
-                let credit = row.credit();
-                diesel::update(u::table.find(row.user_id))
-                    .set((u::balance.eq(u::balance + credit), u::updated_at.eq(now)))
-                    .execute($c)
-                    $(.$aw)??;
-                let balance_after: i64 = u::table
-                    .find(row.user_id)
-                    .select(u::balance)
-                    .first($c)
-                    $(.$aw)??;
-                diesel::insert_into(l::table)
-                    .values((
-                        l::user_id.eq(row.user_id),
-                        l::kind.eq(crate::store::ledger::KIND_RECHARGE),
-                        l::delta.eq(credit),
-                        l::balance_after.eq(balance_after),
-                        l::order_no.eq(&row.order_no),
-                        l::transaction_id.eq(transaction_id),
-                        l::amount_fen.eq(row.amount_fen),
-                        l::reason.eq("recharge"),
-                        l::created_at.eq(now),
-                    ))
-                    .execute($c)
-                    $(.$aw)??;
-            }
-            true
-        }
-    }};
+/// One move as it is written: the compare-and-set of the order from the version the move was
+/// decided on to the row after it and, for a credit, the ledger's posting, in one transaction.
+/// Its statements are written once; [`Self::write_blocking`] runs them with sync diesel on
+/// SQLite's writer thread, [`Self::write`] with diesel-async on MySQL.
+struct Transition {
+    version: i64,
+    next: OrderRow,
+    credit: Option<ledger::Entry>,
 }
 
-/// The row after a move, and the transaction id to credit (when the effect credits).
-fn next_row(
-    row: &OrderRow,
-    to: OrderStatus,
-    effect: &Effect,
-    now: i64,
-) -> (OrderRow, Option<String>) {
-    let mut next = row.clone();
-    next.status = to.as_str().to_string();
-    next.version = row.version + 1;
-    next.updated_at = now;
-    let credit_txn = match effect {
-        Effect::StorePrepay { prepay_id } => {
-            next.prepay_id = Some(prepay_id.clone());
-            None
+impl Transition {
+    fn new(row: &OrderRow, to: OrderStatus, effect: &Effect, now: i64) -> Transition {
+        let mut next = row.clone();
+        next.status = to;
+        next.version = row.version + 1;
+        next.updated_at = now;
+        let mut credit = None;
+        match effect {
+            Effect::StorePrepay { prepay_id } => next.prepay_id = Some(prepay_id.clone()),
+            Effect::StoreFailure { err_code } => next.err_code = Some(err_code.clone()),
+            Effect::Expire => {}
+            Effect::Credit { transaction_id } => {
+                next.transaction_id = Some(transaction_id.clone());
+                next.paid_at = Some(now);
+                credit = Some(ledger::Entry {
+                    user_id: row.user_id,
+                    kind: LedgerKind::Recharge,
+                    delta: row.credit(),
+                    order_no: Some(row.order_no.clone()),
+                    transaction_id: Some(transaction_id.clone()),
+                    amount_fen: Some(row.amount_fen),
+                    request_id: None,
+                    reason: "recharge".to_string(),
+                    created_at: now,
+                });
+            }
         }
-        Effect::StoreFailure { err_code } => {
-            next.err_code = Some(err_code.clone());
-            None
+        Transition {
+            version: row.version,
+            next,
+            credit,
         }
-        Effect::Expire => None,
-        Effect::Credit { transaction_id } => {
-            next.transaction_id = Some(transaction_id.clone());
-            next.paid_at = Some(now);
-            Some(transaction_id.clone())
-        }
-    };
-    (next, credit_txn)
+    }
+
+    /// The order as it is after the move, if it is still at the version the move was decided on.
+    fn compare_and_set(&self) -> impl Statement + '_ {
+        let n = &self.next;
+        diesel::update(
+            o::table
+                .filter(o::order_no.eq(&n.order_no))
+                .filter(o::version.eq(self.version)),
+        )
+        .set((
+            o::status.eq(n.status),
+            o::version.eq(n.version),
+            o::prepay_id.eq(&n.prepay_id),
+            o::transaction_id.eq(&n.transaction_id),
+            o::err_code.eq(&n.err_code),
+            o::paid_at.eq(n.paid_at),
+            o::updated_at.eq(n.updated_at),
+        ))
+    }
+
+    /// False when the compare-and-set matched no row: then nothing was written.
+    fn write_blocking(&self, c: &mut SqliteConnection) -> QueryResult<bool> {
+        c.transaction(|c| {
+            if super::execute_blocking(self.compare_and_set(), c)? == 0 {
+                return Ok(false);
+            }
+            if let Some(credit) = &self.credit {
+                ledger::post_blocking(c, credit)?.applied()?;
+            }
+            Ok(true)
+        })
+    }
+
+    /// As [`Self::write_blocking`], on MySQL.
+    async fn write(&self, c: &mut AsyncMysqlConnection) -> QueryResult<bool> {
+        c.transaction(async |c| {
+            if self.compare_and_set().execute(c).await? == 0 {
+                return Ok(false);
+            }
+            if let Some(credit) = &self.credit {
+                ledger::post(c, credit).await?.applied()?;
+            }
+            Ok(true)
+        })
+        .await
+    }
 }
 
 /// Compare-and-set from `row` (at its version) to `to`, with the effect in the same
@@ -257,43 +263,30 @@ pub async fn apply(
     to: OrderStatus,
     effect: &Effect,
 ) -> Result<OrderRow, StoreError> {
-    let now = now_ms();
-    let (next, credit_txn) = next_row(row, to, effect, now);
-    let moved = match pool {
+    let t = Transition::new(row, to, effect, now_ms());
+    let (moved, t) = match pool {
+        // The whole transaction in one job of the writer thread, in its turn.
         DbPool::Sqlite { writer, .. } => {
-            // The whole transaction in one job of the writer thread, in its turn.
-            let (row, next) = (row.clone(), next.clone());
             writer
-                .run(move |c| blocking::apply(c, &row, &next, credit_txn.as_deref(), now))
+                .run(move |c| t.write_blocking(c).map(|moved| (moved, t)))
                 .await??
         }
         DbPool::Mysql(p) => {
             // Retried on a Galera certification conflict or a lost node (see `retrying`).
-            p.retrying(async || {
-                let mut c = p.get().await?;
-                mysql_apply(&mut c, row, &next, credit_txn.as_deref(), now).await
-            })
-            .await?
+            let moved = p
+                .retrying(async || {
+                    let mut c = p.get().await?;
+                    Ok(t.write(&mut c).await?)
+                })
+                .await?;
+            (moved, t)
         }
     };
     if moved {
-        Ok(next)
+        Ok(t.next)
     } else {
         Err(StoreError::Conflict)
     }
-}
-
-async fn mysql_apply(
-    c: &mut diesel_async::AsyncMysqlConnection,
-    row: &OrderRow,
-    next: &OrderRow,
-    credit: Option<&str>,
-    now: i64,
-) -> Result<bool, StoreError> {
-    c.transaction::<bool, StoreError, _>(async move |c| {
-        Ok(transition_statements!(c, row, next, credit, now, await))
-    })
-    .await
 }
 
 /// What [`load_and_apply`] made of the decision taken on the row it loaded.
@@ -312,13 +305,41 @@ pub enum Decided {
     Lost,
 }
 
-impl Decided {
-    fn from_cas(moved: bool, before: &OrderRow, step: Move, next: OrderRow) -> Decided {
+/// A move decided on a loaded row, ready to be written.
+struct Planned {
+    from: OrderStatus,
+    step: Move,
+    t: Transition,
+}
+
+/// A decision taken on a loaded row: a move to write, or what it already came to.
+enum Plan {
+    Write(Planned),
+    Done(Decided),
+}
+
+impl Plan {
+    fn new(row: OrderRow, decision: Decision) -> Plan {
+        let Decision::Move(step) = decision else {
+            return Plan::Done(Decided::Unwritten { row, decision });
+        };
+        let t = Transition::new(&row, step.to, &step.effect, now_ms());
+        Plan::Write(Planned {
+            from: row.status,
+            step,
+            t,
+        })
+    }
+}
+
+impl Planned {
+    /// What became of the move, given whether its compare-and-set matched.
+    fn written(self, moved: bool) -> Decided {
         if moved {
             Decided::Written {
-                from: before.status(),
-                step,
-                row: next,
+                from: self.from,
+                step: self.step,
+                row: self.t.next,
             }
         } else {
             Decided::Lost
@@ -338,88 +359,74 @@ pub async fn load_and_apply<F>(
 where
     F: FnOnce(&OrderRow) -> Decision + Send + 'static,
 {
-    let now = now_ms();
     match pool {
         DbPool::Sqlite { writer, .. } => {
             let order_no = order_no.to_string();
-            Ok(writer
-                .run(move |c| blocking::load_and_apply(c, &order_no, decide, now))
-                .await??)
+            let unit = move |c: &mut SqliteConnection| -> QueryResult<Option<Decided>> {
+                let Some(row) = diesel::RunQueryDsl::first(
+                    numbered(&order_no).select(OrderRow::as_select()),
+                    c,
+                )
+                .optional()?
+                else {
+                    return Ok(None);
+                };
+                let decision = decide(&row);
+                Ok(Some(match Plan::new(row, decision) {
+                    Plan::Write(planned) => {
+                        let moved = planned.t.write_blocking(c)?;
+                        planned.written(moved)
+                    }
+                    Plan::Done(decided) => decided,
+                }))
+            };
+            Ok(writer.run(unit).await??)
         }
         DbPool::Mysql(p) => {
             // The load is the connection's check (see MysqlPool): on failure, once more on a
             // checked connection.
-            let load = async |c: &mut super::MysqlConn<'_>| {
-                o::table
-                    .filter(o::order_no.eq(order_no))
-                    .select(OrderRow::as_select())
-                    .first(&mut **c)
-                    .await
-                    .optional()
-            };
             let mut c = p.get_for_read().await?;
-            let row = match load(&mut c).await {
+            let row = match numbered(order_no)
+                .select(OrderRow::as_select())
+                .first(&mut *c)
+                .await
+                .optional()
+            {
                 Ok(row) => row,
                 Err(e) => {
                     tracing::info!(error = %e, "load failed on an unchecked connection; retrying on a checked one");
                     super::discard(c);
                     c = p.get().await?;
-                    load(&mut c).await?
+                    numbered(order_no)
+                        .select(OrderRow::as_select())
+                        .first(&mut *c)
+                        .await
+                        .optional()?
                 }
             };
             let Some(row) = row else { return Ok(None) };
-            Ok(Some(match decide(&row) {
-                Decision::Move(step) => {
-                    let (next, credit) = next_row(&row, step.to, &step.effect, now);
-                    let moved = mysql_apply(&mut c, &row, &next, credit.as_deref(), now).await?;
-                    Decided::from_cas(moved, &row, step, next)
+            let decision = decide(&row);
+            Ok(Some(match Plan::new(row, decision) {
+                Plan::Write(planned) => {
+                    let moved = match planned.t.write(&mut c).await {
+                        Ok(moved) => moved,
+                        // A Galera certification conflict (or a lost node): reported as lost,
+                        // so the caller reloads and decides again, and its write is retried
+                        // (`MysqlPool::retrying`).
+                        Err(e) => {
+                            let e = StoreError::from(e);
+                            let Some(reason) = super::galera::retry_reason(&e) else {
+                                return Err(e);
+                            };
+                            super::galera::count_retry(reason);
+                            super::discard(c);
+                            false
+                        }
+                    };
+                    planned.written(moved)
                 }
-                decision => Decided::Unwritten { row, decision },
+                Plan::Done(decided) => decided,
             }))
         }
-    }
-}
-
-/// The SQLite instantiation, in a module of its own so that only sync diesel's `RunQueryDsl`
-/// is in scope.
-mod blocking {
-    use diesel::prelude::*;
-    use diesel::sqlite::SqliteConnection;
-
-    use super::{Decided, Decision, OrderRow};
-    use crate::store::schema::{compute_logs as l, recharge_orders as o, users as u};
-
-    pub(super) fn load_and_apply(
-        c: &mut SqliteConnection,
-        order_no: &str,
-        decide: impl FnOnce(&OrderRow) -> Decision,
-        now: i64,
-    ) -> QueryResult<Option<Decided>> {
-        let Some(row) = o::table
-            .filter(o::order_no.eq(order_no))
-            .select(OrderRow::as_select())
-            .first(c)
-            .optional()?
-        else {
-            return Ok(None);
-        };
-        Ok(Some(match decide(&row) {
-            Decision::Move(step) => {
-                let (next, credit) = super::next_row(&row, step.to, &step.effect, now);
-                let moved = apply(c, &row, &next, credit.as_deref(), now)?;
-                Decided::from_cas(moved, &row, step, next)
-            }
-            decision => Decided::Unwritten { row, decision },
-        }))
-    }
-
-    pub(super) fn apply(
-        c: &mut SqliteConnection,
-        row: &OrderRow,
-        next: &OrderRow,
-        credit_txn: Option<&str>,
-        now: i64,
-    ) -> QueryResult<bool> {
-        c.transaction(|c| Ok(transition_statements!(c, row, next, credit_txn, now)))
     }
 }

@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use super::schema::users as u;
 use super::{DbPool, StoreError, now_ms};
-use crate::{with_read, with_write};
+use crate::money::Coins;
+use crate::with_read;
 
 #[derive(Queryable, Selectable, Serialize, Clone, Debug)]
 #[diesel(table_name = u, check_for_backend(diesel::mysql::Mysql, diesel::sqlite::Sqlite))]
@@ -14,7 +15,7 @@ pub struct User {
     pub id: i64,
     pub openid: String,
     pub unionid: Option<String>,
-    pub balance: i64,
+    pub balance: Coins,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -48,17 +49,14 @@ pub async fn upsert_by_openid(
         return Ok(user);
     }
     let now = now_ms();
-    let inserted = with_write!(pool, conn => diesel::insert_into(u::table)
-        .values((
-            u::openid.eq(openid),
-            u::unionid.eq(unionid),
-            u::balance.eq(0),
-            u::created_at.eq(now),
-            u::updated_at.eq(now),
-        ))
-        .execute(conn)
-        .await);
-    match inserted.map_err(StoreError::from) {
+    let insert = diesel::insert_into(u::table).values((
+        u::openid.eq(openid.to_string()),
+        u::unionid.eq(unionid.map(str::to_string)),
+        u::balance.eq(Coins(0)),
+        u::created_at.eq(now),
+        u::updated_at.eq(now),
+    ));
+    match super::execute(pool, insert).await {
         Ok(_) => {}
         Err(e) if e.is_unique_violation() => {}
         Err(e) => return Err(e),
@@ -67,7 +65,7 @@ pub async fn upsert_by_openid(
 }
 
 /// (user id, balance) of every user: for invariant checks and the admin API.
-pub async fn balances(pool: &DbPool) -> Result<Vec<(i64, i64)>, StoreError> {
+pub async fn balances(pool: &DbPool) -> Result<Vec<(i64, Coins)>, StoreError> {
     Ok(with_read!(pool, conn => u::table
         .select((u::id, u::balance))
         .order(u::id.asc())

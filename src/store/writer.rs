@@ -1,19 +1,21 @@
-//! SQLite's order writer: a thread of its own, with a connection of its own, that runs order
-//! transitions one after the other as they are queued.
+//! SQLite's writer: a thread of its own, with a connection of its own, that runs every SQLite
+//! write (order transitions, ledger movements, inserts, updates) one after the other as they are
+//! queued, each as one job: a transaction of several statements is one hand-over, not one per
+//! statement.
 //!
-//! Why not the write pool: there, each transition is a task on an HTTP worker that waits for the
-//! write turn, hands its statements to a blocking thread and, once they are committed, must be
-//! polled again by its worker to pass the turn on. A worker busy parsing other requests leaves
-//! the database idle meanwhile. Here the next transition is already queued when the previous one
-//! commits. It takes the same write turn as every other SQLite write, so writes stay serialised
-//! and never meet SQLite's busy handler.
+//! Why a thread rather than a write connection in a pool: there, each write is a task on an
+//! HTTP worker that waits for its turn, hands its statements to a blocking thread and, once they
+//! are committed, must be polled again by its worker to pass the turn on; a worker busy parsing
+//! other requests leaves the database idle meanwhile. Here the next job is already queued when
+//! the previous one commits. The queue is first come, first served, so that no writer is
+//! starved by later ones, and writes never meet SQLite's busy handler. The price is that a write
+//! job is sync diesel and owns what it writes.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, SqliteConnection};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
 
@@ -33,35 +35,27 @@ fn open(path: &str) -> Result<SqliteConnection, StoreError> {
 
 impl Writer {
     /// Opens the connection and starts the thread; it ends when the last `Writer` is dropped.
-    pub fn start(path: &str, gate: Arc<Semaphore>) -> Result<Writer, StoreError> {
+    pub fn start(path: &str) -> Result<Writer, StoreError> {
         let mut conn = open(path)?;
         let path = path.to_string();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .map_err(|e| StoreError::Connection(e.to_string()))?;
         let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
-                rt.block_on(async move {
-                    while let Some(job) = queue.recv().await {
-                        let Ok(_turn) = gate.acquire().await else {
-                            break;
-                        };
-                        // A panicking job drops its reply (its caller gets an error); the
-                        // connection, maybe left inside a transaction, is replaced.
-                        if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
-                            tracing::error!("a SQLite write panicked; reopening the connection");
-                            match open(&path) {
-                                Ok(c) => conn = c,
-                                Err(e) => {
-                                    tracing::error!(error = %e, "SQLite writer stopped");
-                                    break;
-                                }
+                while let Some(job) = queue.blocking_recv() {
+                    // A panicking job drops its reply (its caller gets an error); the
+                    // connection, maybe left inside a transaction, is replaced.
+                    if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
+                        tracing::error!("a SQLite write panicked; reopening the connection");
+                        match open(&path) {
+                            Ok(c) => conn = c,
+                            Err(e) => {
+                                tracing::error!(error = %e, "SQLite writer stopped");
+                                break;
                             }
                         }
                     }
-                });
+                }
             })
             .map_err(|e| StoreError::Connection(e.to_string()))?;
         Ok(Writer { jobs })
@@ -100,26 +94,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn jobs_wait_for_the_write_turn_and_a_panic_fails_only_its_own() {
+    async fn jobs_run_in_arrival_order_and_a_panic_fails_only_its_own() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("w.db");
-        let gate = Arc::new(Semaphore::new(1));
-        let w = Writer::start(path.to_str().expect("utf-8 path"), gate.clone()).expect("start");
+        let w = Writer::start(path.to_str().expect("utf-8 path")).expect("start");
         w.run(|c| c.batch_execute("CREATE TABLE t (x INTEGER)"))
             .await
             .expect("run")
             .expect("create");
 
-        // Another writer holds the turn: the job waits for it.
-        let turn = gate.clone().acquire_owned().await.expect("permit");
-        let waiting = tokio::spawn({
+        // A slow job holds the connection: the next one, queued meanwhile, runs after it.
+        let slow = tokio::spawn({
             let w = w.clone();
-            async move { w.run(|c| c.batch_execute("INSERT INTO t VALUES (1)")).await }
+            async move {
+                w.run(|c| {
+                    std::thread::sleep(Duration::from_millis(100));
+                    c.batch_execute("INSERT INTO t VALUES (1)")
+                })
+                .await
+            }
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!waiting.is_finished(), "ran without the write turn");
-        drop(turn);
-        waiting.await.expect("join").expect("run").expect("insert");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let n = w.run(count).await.expect("run").expect("count");
+        assert_eq!(n, 1, "the second job ran before the first had finished");
+        slow.await.expect("join").expect("run").expect("insert");
 
         // A panic inside a transaction: that caller gets an error, nothing of it is kept.
         let r = w

@@ -1,0 +1,216 @@
+//! Store-level tests of the two guards that keep a payment from being credited twice, whatever
+//! the actors do: the compare-and-set on an order's version, and the unique `(kind, order_no)`
+//! ledger index. Each runs on SQLite and on the MariaDB of scripts/test.sh
+//! (COINPAY_TEST_MYSQL_URL) as two tests; without that URL the MariaDB one is skipped, unless
+//! CI=true or COINPAY_REQUIRE_SERVICES=1, where it fails.
+
+use diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection};
+
+use super::ledger::{self, Entry, LedgerKind, Posted};
+use super::orders::{self, NewOrder, OrderRow};
+use super::{DbPool, StoreError, now_ms, users};
+use crate::money::{Coins, Fen};
+use crate::order::state::{Effect, OrderStatus};
+
+/// A fresh, migrated database and its pool.
+struct TestStore {
+    pool: DbPool,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn services_required() -> bool {
+    std::env::var("COINPAY_REQUIRE_SERVICES").as_deref() == Ok("1")
+        || std::env::var("CI").as_deref() == Ok("true")
+}
+
+impl TestStore {
+    async fn open(url: &str, dir: Option<tempfile::TempDir>) -> TestStore {
+        super::run_migrations(url).await.expect("migrate");
+        let pool = DbPool::connect(url, 4).await.expect("pool");
+        TestStore { pool, _dir: dir }
+    }
+
+    async fn sqlite() -> TestStore {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}/coinpay.db", dir.path().display());
+        TestStore::open(&url, Some(dir)).await
+    }
+
+    /// A database of its own on the test MariaDB; `None` (skipped) when there is none.
+    async fn mysql() -> Option<TestStore> {
+        let base = match std::env::var("COINPAY_TEST_MYSQL_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ if services_required() => {
+                panic!("COINPAY_TEST_MYSQL_URL is not set: run the suite with scripts/test.sh")
+            }
+            _ => {
+                eprintln!("SKIPPING the MariaDB variant: COINPAY_TEST_MYSQL_URL is not set");
+                return None;
+            }
+        };
+        let name = format!("coinpay_s_{:016x}", rand::random::<u64>());
+        let mut c = AsyncMysqlConnection::establish(&base)
+            .await
+            .expect("connect to the test MariaDB");
+        c.batch_execute(&format!(
+            "CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+        ))
+        .await
+        .expect("create the test database");
+        let (prefix, _) = base.rsplit_once('/').expect("the URL names a database");
+        Some(TestStore::open(&format!("{prefix}/{name}"), None).await)
+    }
+
+    /// A user and an order of package 1 (600 fen, 60 coins), moved to pending.
+    async fn pending_order(&self, order_no: &str) -> OrderRow {
+        let user = users::upsert_by_openid(&self.pool, &format!("openid-{order_no}"), None)
+            .await
+            .expect("user");
+        let now = now_ms();
+        let new = NewOrder {
+            order_no,
+            user_id: user.id,
+            package_id: 1,
+            amount_fen: Fen(600),
+            coins: Coins(60),
+            bonus_coins: Coins(0),
+            created_at: now,
+            expires_at: now + 60_000,
+        };
+        orders::insert(&self.pool, &new).await.expect("insert");
+        let created = orders::get(&self.pool, order_no)
+            .await
+            .expect("get")
+            .expect("the order");
+        let prepay = Effect::StorePrepay {
+            prepay_id: "wx-prepay".into(),
+        };
+        orders::apply(&self.pool, &created, OrderStatus::Pending, &prepay)
+            .await
+            .expect("pending")
+    }
+
+    async fn balance(&self, user_id: i64) -> Coins {
+        users::get(&self.pool, user_id)
+            .await
+            .expect("get user")
+            .expect("the user")
+            .balance
+    }
+}
+
+/// Runs one test body as two tests, one per backend.
+macro_rules! on_both_backends {
+    ($body:ident, $sqlite:ident, $mysql:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            $body(TestStore::sqlite().await).await;
+        }
+
+        #[tokio::test]
+        async fn $mysql() {
+            if let Some(store) = TestStore::mysql().await {
+                $body(store).await;
+            }
+        }
+    };
+}
+
+fn recharge(row: &OrderRow, transaction_id: &str) -> Entry {
+    Entry {
+        user_id: row.user_id,
+        kind: LedgerKind::Recharge,
+        delta: row.credit(),
+        order_no: Some(row.order_no.clone()),
+        transaction_id: Some(transaction_id.into()),
+        amount_fen: Some(row.amount_fen),
+        request_id: None,
+        reason: "recharge".into(),
+        created_at: now_ms(),
+    }
+}
+
+/// The unique `(kind, order_no)` index exists: a second recharge row for one order is refused
+/// by the database, and the balance keeps the first credit only.
+async fn second_recharge_row_is_a_unique_violation(s: TestStore) {
+    let row = s.pending_order("CPSTOREUNIQUE0001").await;
+    let first = ledger::post_alone(&s.pool, recharge(&row, "T1"))
+        .await
+        .expect("first recharge");
+    assert_eq!(first, Posted::Applied(Coins(60)));
+    let second = ledger::post_alone(&s.pool, recharge(&row, "T2")).await;
+    assert!(
+        matches!(&second, Err(e) if e.is_unique_violation()),
+        "a second recharge row for the order: {second:?}"
+    );
+    assert_eq!(s.balance(row.user_id).await, Coins(60));
+    let violations = ledger::invariant_violations(&s.pool).await.expect("check");
+    assert!(violations.is_empty(), "{violations:?}");
+}
+
+on_both_backends!(
+    second_recharge_row_is_a_unique_violation,
+    second_recharge_row_is_a_unique_violation_sqlite,
+    second_recharge_row_is_a_unique_violation_mysql
+);
+
+/// The compare-and-set: the same loaded row applied twice moves the order once; the second
+/// apply is a conflict and credits nothing.
+async fn the_same_row_applied_twice_credits_once(s: TestStore) {
+    let row = s.pending_order("CPSTORECAS0000001").await;
+    let credit = |txn: &str| Effect::Credit {
+        transaction_id: txn.into(),
+    };
+    let paid = orders::apply(&s.pool, &row, OrderStatus::Paid, &credit("T1"))
+        .await
+        .expect("first apply");
+    assert_eq!(paid.status, OrderStatus::Paid);
+    assert_eq!(paid.version, row.version + 1);
+    let again = orders::apply(&s.pool, &row, OrderStatus::Paid, &credit("T2")).await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict)),
+        "a stale row must lose: {again:?}"
+    );
+    let now = orders::get(&s.pool, &row.order_no)
+        .await
+        .expect("get")
+        .expect("the order");
+    assert_eq!(now.transaction_id.as_deref(), Some("T1"));
+    assert_eq!(s.balance(row.user_id).await, Coins(60));
+    let (rows, total) = ledger::list_for_user(&s.pool, row.user_id, 0, 10)
+        .await
+        .expect("ledger");
+    assert_eq!(total, 1, "{rows:?}");
+}
+
+on_both_backends!(
+    the_same_row_applied_twice_credits_once,
+    the_same_row_applied_twice_credits_once_sqlite,
+    the_same_row_applied_twice_credits_once_mysql
+);
+
+/// A status the domain does not know is a read error, never taken for another status.
+async fn an_unknown_status_is_an_error(s: TestStore) {
+    let row = s.pending_order("CPSTORESTATUS0001").await;
+    let corrupt = diesel::sql_query(format!(
+        "UPDATE recharge_orders SET status = 'refunding' WHERE order_no = '{}'",
+        row.order_no
+    ));
+    super::execute(&s.pool, corrupt).await.expect("update");
+    let read = orders::get(&s.pool, &row.order_no).await;
+    assert!(
+        matches!(
+            read,
+            Err(StoreError::Query(
+                diesel::result::Error::DeserializationError(_)
+            ))
+        ),
+        "{read:?}"
+    );
+}
+
+on_both_backends!(
+    an_unknown_status_is_an_error,
+    an_unknown_status_is_an_error_sqlite,
+    an_unknown_status_is_an_error_mysql
+);
