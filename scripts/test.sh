@@ -264,13 +264,27 @@ if ((SERVICES_OK)); then
   say "redis start: $(( $(now_ms) - t0 )) ms"
 fi
 
-# The Galera cluster (three nodes, ~35 s): in this run's dir, on ports free at the time.
+# The Galera cluster (three nodes, ~35 s), on ports free at the time: a base below the
+# ephemeral range whose twelve ports (clients, replication, IST, SST: see galera.sh) are free.
+galera_base_port() {
+  local base off ok _
+  for _ in $(seq 20); do
+    base=$(( 20000 + RANDOM % 8000 )) ok=1
+    for off in 0 1 2 100 101 102 200 201 202 300 301 302; do
+      port_free $((base + off)) || { ok=0; break; }
+    done
+    ((ok)) && { echo "$base"; return 0; }
+  done
+  echo 23306
+}
 GALERA_OK=0
 unset COINPAY_TEST_GALERA_URLS COINPAY_TEST_GALERA_URL COINPAY_GALERA_SCRIPT
 if ((SERVICES_OK)) && bash "$ROOT/scripts/galera.sh" install; then
   t0=$(now_ms)
-  GALERA_DIR=$SVC_DIR/galera
-  GALERA_BASE_PORT=$(( 30000 + RANDOM % 20000 ))
+  # Its own dir, not under $SVC_DIR (mode 700): the nodes run as user mysql, which must reach it.
+  GALERA_DIR=$(mktemp -d "$TMP_BASE/coinpay-galera.XXXXXX")
+  chmod 755 "$GALERA_DIR"
+  GALERA_BASE_PORT=$(galera_base_port)
   export GALERA_DIR GALERA_BASE_PORT
   if GALERA_ENV=$(bash "$ROOT/scripts/galera.sh" start); then
     eval "$GALERA_ENV"
