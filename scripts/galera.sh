@@ -33,6 +33,8 @@ DB_USER=${DB_USER:-coinpay}
 DB_PASS=${DB_PASS:-coinpay_pw}
 NODES=(1 2 3)
 
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # alive
 log() { printf '[galera %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
@@ -52,13 +54,6 @@ provider() {
   die "no galera provider library found (scripts/galera.sh install)"
 }
 
-alive() {
-  [[ ${1:-} =~ ^[0-9]+$ ]] || return 1
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [[ ${stat:0:1} != Z && ${stat:0:1} != X ]]
-}
 node_pid() { local p; p=$(cat "$(pidfile "$1")" 2>/dev/null || true); [[ $p =~ ^[0-9]+$ ]] && echo "$p"; }
 
 sql() { # node, sql...

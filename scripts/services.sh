@@ -33,6 +33,9 @@ set -euo pipefail
 case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH=/usr/sbin:/sbin:$PATH ;; esac
 
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
+SAY_TAG=svc
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$SELF")/lib.sh"
 
 SVC_DIR=${SVC_DIR:-${TMPDIR:-/tmp}/coinpay-svc-$UID}
 [[ $SVC_DIR == /* ]] || SVC_DIR=$PWD/$SVC_DIR
@@ -65,8 +68,7 @@ RD_SOCK=$RUN/redis.sock
 RD_PID=$RUN/redis.pid
 LOG=$SVC_DIR/log
 
-log() { printf '[svc %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+die() { say "ERROR: $*"; exit 1; }
 
 for p in "$MY_PORT" "$REDIS_PORT"; do
   [[ $p =~ ^[0-9]+$ ]] && ((p > 0 && p < 65536)) || die "bad port '$p' (MY_PORT=$MY_PORT REDIS_PORT=$REDIS_PORT)"
@@ -75,17 +77,6 @@ done
 [[ $DB_PASS != *"'"* && $DB_PASS != *"\\"* && $DB_PASS != *@* && $DB_PASS != *:* && $DB_PASS != */* ]] \
   || die "DB_PASS must not contain ' \\ @ : /"
 
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-
-# A process counts as alive if it exists and is not a zombie. (In containers PID 1 is often not a
-# real init and reaps orphaned daemons late, so `kill -0` alone keeps "seeing" exited servers.)
-alive() {
-  [[ ${1:-} =~ ^[0-9]+$ ]] || return 1
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }               # fields after "pid (comm) "
-  [[ ${stat:0:1} != Z && ${stat:0:1} != X ]]
-}
 # alive AND really the server we expect (a pid file may be stale and its pid reused by now).
 alive_as() { alive "$1" && [[ $(cat "/proc/$1/comm" 2>/dev/null) == "$2" ]]; }
 read_pid() { local p; p=$(cat "$1" 2>/dev/null || true); if [[ $p =~ ^[0-9]+$ ]]; then echo "$p"; fi; }
@@ -97,11 +88,11 @@ wait_for() {
   local t0; t0=$(now_ms)
   local deadline=$((SECONDS + READY_TIMEOUT))
   until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || { log "$what: not ready after ${READY_TIMEOUT}s"; return 1; }
-    if [[ -n ${WATCH_PID:-} ]] && ! alive "$WATCH_PID"; then log "$what: process $WATCH_PID exited"; return 1; fi
+    ((SECONDS < deadline)) || { say "$what: not ready after ${READY_TIMEOUT}s"; return 1; }
+    if [[ -n ${WATCH_PID:-} ]] && ! alive "$WATCH_PID"; then say "$what: process $WATCH_PID exited"; return 1; fi
     sleep 0.05
   done
-  log "$what ready after $(( $(now_ms) - t0 )) ms"
+  say "$what ready after $(( $(now_ms) - t0 )) ms"
 }
 
 my_admin() { mariadb-admin --no-defaults --protocol=socket --socket="$MY_SOCK" -uroot "$@"; }
@@ -144,10 +135,10 @@ do_install() {
   local missing=() c
   for c in "${REQUIRED_CMDS[@]}"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
   if ((${#missing[@]} == 0)); then
-    log "already installed: $(mariadbd --version | sed 's/ for .*//;s/  */ /g'); $(redis-server --version | cut -d' ' -f1-3)"
+    say "already installed: $(mariadbd --version | sed 's/ for .*//;s/  */ /g'); $(redis-server --version | cut -d' ' -f1-3)"
     return 0
   fi
-  log "missing: ${missing[*]}; installing mariadb-server mariadb-client redis-server redis-tools"
+  say "missing: ${missing[*]}; installing mariadb-server mariadb-client redis-server redis-tools"
   ((EUID == 0)) || die "install needs root (apt-get)"
   # Without systemd, a package's postinst may try to start its service through invoke-rc.d
   # (MariaDB on port 3306...). A policy-rc.d that answers 101 forbids that; add one for the
@@ -160,16 +151,16 @@ do_install() {
   # A fresh machine has no package lists: apt-get install fails without an update first.
   DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq \
     || die "apt-get update failed"
-  log "apt-get update took $(( $(now_ms) - t0 )) ms"
+  say "apt-get update took $(( $(now_ms) - t0 )) ms"
   t0=$(now_ms)
   DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends \
     mariadb-server mariadb-client redis-server redis-tools >"${TMPDIR:-/tmp}/coinpay-apt-install.$$.log" 2>&1 \
     || { tail_log "${TMPDIR:-/tmp}/coinpay-apt-install.$$.log" 40; die "apt-get install failed"; }
   rm -f "${TMPDIR:-/tmp}/coinpay-apt-install.$$.log"
-  log "apt-get install took $(( $(now_ms) - t0 )) ms"
+  say "apt-get install took $(( $(now_ms) - t0 )) ms"
   if ((POLICY_ADDED)); then rm -f "$POLICY"; POLICY_ADDED=0; fi
   for c in "${REQUIRED_CMDS[@]}"; do command -v "$c" >/dev/null 2>&1 || die "still missing after install: $c"; done
-  log "installed: $(mariadbd --version | sed 's/ for .*//;s/  */ /g'); $(redis-server --version | cut -d' ' -f1-3)"
+  say "installed: $(mariadbd --version | sed 's/ for .*//;s/  */ /g'); $(redis-server --version | cut -d' ' -f1-3)"
 }
 
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found; run: $SELF install"; }
@@ -179,20 +170,20 @@ start_mariadb() {
   prepare_dir
   local pid; pid=$(read_pid "$MY_PID")
   if alive_as "$pid" mariadbd || my_up; then
-    log "mariadb already running (pid ${pid:-?}, socket $MY_SOCK)"
+    say "mariadb already running (pid ${pid:-?}, socket $MY_SOCK)"
   else
     if [[ ! -d $MY_DATA/mysql ]]; then
-      log "initialising datadir $MY_DATA"
+      say "initialising datadir $MY_DATA"
       rm -rf "$MY_DATA"
       local t0; t0=$(now_ms)
       # --no-defaults: ignore /etc/mysql/*.cnf (Debian's socket/pid paths under /run/mysqld)
       mariadb-install-db --no-defaults --user=root --datadir="$MY_DATA" \
         --auth-root-authentication-method=socket --skip-test-db --skip-name-resolve \
         >"$LOG/install-db.log" 2>&1 || { tail_log "$LOG/install-db.log" 20; die "mariadb-install-db failed"; }
-      log "mariadb-install-db took $(( $(now_ms) - t0 )) ms"
+      say "mariadb-install-db took $(( $(now_ms) - t0 )) ms"
     fi
     rm -f "$MY_PID"   # stale after a crash / kill -9 (a stale socket file is replaced by mariadbd itself)
-    log "starting mariadbd on 127.0.0.1:$MY_PORT (log $LOG/mariadbd.err)"
+    say "starting mariadbd on 127.0.0.1:$MY_PORT (log $LOG/mariadbd.err)"
     # setsid + redirects: fully detached, does not hold the caller's stdout open.
     # shellcheck disable=SC2086
     setsid mariadbd --no-defaults --user=root --datadir="$MY_DATA" \
@@ -221,7 +212,7 @@ SQL
   mariadb --no-defaults --connect-timeout=10 --protocol=tcp -h127.0.0.1 -P"$MY_PORT" -u"$DB_USER" -p"$DB_PASS" "$DB_NAME" \
     -e 'SELECT 1' >/dev/null || die "app user cannot connect over TCP to 127.0.0.1:$MY_PORT"
   save_conf
-  log "mariadb: 127.0.0.1:$MY_PORT db '$DB_NAME' user '$DB_USER' ok"
+  say "mariadb: 127.0.0.1:$MY_PORT db '$DB_NAME' user '$DB_USER' ok"
 }
 
 start_redis() {
@@ -229,13 +220,13 @@ start_redis() {
   prepare_dir
   local pid; pid=$(read_pid "$RD_PID")
   if alive_as "$pid" redis-server || rd_up; then
-    log "redis already running (pid ${pid:-?}, socket $RD_SOCK)"
+    say "redis already running (pid ${pid:-?}, socket $RD_SOCK)"
     save_conf
     return 0
   fi
   mkdir -p "$SVC_DIR/redis"
   rm -f "$RD_PID"
-  log "starting redis on 127.0.0.1:$REDIS_PORT (log $LOG/redis.log)"
+  say "starting redis on 127.0.0.1:$REDIS_PORT (log $LOG/redis.log)"
   # --save '' + --appendonly no: pure in-memory. Not --daemonize: started like mariadbd (setsid,
   # detached, in the background) so that $! is the server and a failed start is noticed at once;
   # redis writes --pidfile all the same. The unix socket ties status/stop to this SVC_DIR
@@ -260,14 +251,14 @@ stop_one() { # name comm pidfile up-check graceful-cmd...
   local pid; pid=$(read_pid "$pf")
   alive_as "$pid" "$comm" || pid=
   if [[ -z $pid ]] && ! $upcheck; then
-    log "$name: not running"; rm -f "$pf"; return 0
+    say "$name: not running"; rm -f "$pf"; return 0
   fi
   local t0; t0=$(now_ms)
   "$@" >/dev/null 2>&1 || { [[ -n $pid ]] && kill -TERM "$pid" 2>/dev/null; } || true
   if [[ -n $pid ]]; then
     for _ in $(seq 1 300); do alive "$pid" || break; sleep 0.1; done
-    if alive "$pid"; then log "$name: SIGTERM $pid"; kill -TERM "$pid" 2>/dev/null || true; sleep 3; fi
-    if alive "$pid"; then log "$name: SIGKILL $pid"; kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; fi
+    if alive "$pid"; then say "$name: SIGTERM $pid"; kill -TERM "$pid" 2>/dev/null || true; sleep 3; fi
+    if alive "$pid"; then say "$name: SIGKILL $pid"; kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; fi
     alive "$pid" && die "$name: pid $pid still alive"
   else
     # running but its pid file is gone: wait until it stops answering
@@ -275,7 +266,7 @@ stop_one() { # name comm pidfile up-check graceful-cmd...
     $upcheck && die "$name: still answering after shutdown"
   fi
   rm -f "$pf"
-  log "$name stopped (pid ${pid:-?}) in $(( $(now_ms) - t0 )) ms"
+  say "$name stopped (pid ${pid:-?}) in $(( $(now_ms) - t0 )) ms"
 }
 
 do_stop_mariadb() {
@@ -294,7 +285,7 @@ do_stop_redis() {
   stop_one redis redis-server "$RD_PID" rd_up rd_cli shutdown nosave
 }
 do_stop() {
-  [[ -d $SVC_DIR ]] || { log "$SVC_DIR does not exist: nothing to stop"; return 0; }
+  [[ -d $SVC_DIR ]] || { say "$SVC_DIR does not exist: nothing to stop"; return 0; }
   local rc=0
   do_stop_mariadb || rc=1
   do_stop_redis || rc=1
@@ -331,7 +322,7 @@ do_clean() {
       die "$SVC_DIR was not made by this script; not removing it"
     fi
     rm -rf "$SVC_DIR"
-    log "removed $SVC_DIR"
+    say "removed $SVC_DIR"
   fi
 }
 

@@ -42,6 +42,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 SERVICES=$ROOT/scripts/services.sh
+SAY_TAG=test.sh
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 CARGO_CMD=${COINPAY_TEST_CARGO:-cargo}
 PYENV_DIR=$ROOT/target/pyenv
 PY_REQS=(wechatpy==1.8.18 cryptography)
@@ -54,8 +57,6 @@ if [[ ${CI:-} == true || ${COINPAY_REQUIRE_SERVICES:-} == 1 ]]; then STRICT=1; f
 if ((STRICT)); then export COINPAY_REQUIRE_SERVICES=1; fi
 if [[ ${CI:-} == true ]]; then export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}; fi
 
-say() { printf '[test.sh %s] %s\n' "$(date +%T)" "$*" >&2; }
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 warn_loud() {
   {
     echo
@@ -74,12 +75,6 @@ missing() {
   fi
   warn_loud "$*"
 }
-alive() { # not a zombie (PID 1 here reaps orphans late)
-  local stat
-  [[ ${1:-} =~ ^[0-9]+$ ]] && stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [[ ${stat:0:1} != Z && ${stat:0:1} != X ]]
-}
 
 # ---------------------------------------------------------------------------------------------
 # Cleanup: always stop this run's servers and remove its temp dir.
@@ -88,10 +83,8 @@ CARGO_RC=
 CARGO_STARTED=0
 # shellcheck disable=SC2317  # (called through the trap)
 cleanup() {
-  local rc=$?
-  trap - EXIT
-  trap '' INT TERM HUP          # a second Ctrl-C must not interrupt the shutdown
-  set +e
+  local rc=$1
+  if [[ -n ${GALERA_PID:-} ]] && alive "$GALERA_PID"; then kill -TERM "$GALERA_PID" 2>/dev/null; wait "$GALERA_PID" 2>/dev/null; fi
   if [[ -n ${GALERA_DIR:-} && -d $GALERA_DIR && ${COINPAY_KEEP_SVC:-} != 1 ]]; then
     GALERA_DIR=$GALERA_DIR bash "$ROOT/scripts/galera.sh" clean 2>&1 | sed 's/^/  /' >&2
   fi
@@ -131,12 +124,8 @@ cleanup() {
   elif [[ $rc != 0 ]]; then
     say "FAILED (exit $rc) before cargo test ran"
   fi
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+on_exit cleanup
 
 # Servers of earlier runs that were killed hard (kill -9 of this script): their owner is gone.
 for d in "$TMP_BASE"/coinpay-test.*; do
@@ -144,6 +133,12 @@ for d in "$TMP_BASE"/coinpay-test.*; do
   alive "$(cat "$d/owner.pid" 2>/dev/null)" && continue
   say "cleaning up leftovers of an earlier run in $d"
   SVC_DIR=$d bash "$SERVICES" clean >/dev/null 2>&1 || true
+done
+for d in "$TMP_BASE"/coinpay-galera.*; do
+  [[ -d $d && -f $d/owner.pid ]] || continue
+  alive "$(cat "$d/owner.pid" 2>/dev/null)" && continue
+  say "cleaning up the Galera cluster of an earlier run in $d"
+  GALERA_DIR=$d bash "$ROOT/scripts/galera.sh" clean >/dev/null 2>&1 || true
 done
 
 # ---------------------------------------------------------------------------------------------
@@ -155,6 +150,30 @@ if ! bash "$SERVICES" install; then
   missing "could not install MariaDB/Redis (scripts/services.sh install failed)"
 fi
 say "install check: $(( $(now_ms) - t0 )) ms"
+
+# The Galera cluster (three nodes, about 35 s) boots in the background while the rest is set up
+# and the tests are compiled (step 5 waits for it), so that it adds next to nothing to the run.
+# Ports: a base below the ephemeral range whose twelve ports are free (lib.sh galera_base_port).
+GALERA_OK=0
+GALERA_PID=
+unset COINPAY_TEST_GALERA_URLS COINPAY_TEST_GALERA_URL COINPAY_GALERA_SCRIPT GALERA_DIR
+if ((SERVICES_OK)) && bash "$ROOT/scripts/galera.sh" install; then
+  # Its own dir, not under $SVC_DIR (mode 700): the nodes run as user mysql, which must reach it.
+  GALERA_DIR=$(mktemp -d "$TMP_BASE/coinpay-galera.XXXXXX")
+  chmod 755 "$GALERA_DIR"
+  echo $$ >"$GALERA_DIR/owner.pid"
+  GALERA_BASE_PORT=$(galera_base_port)
+  export GALERA_DIR GALERA_BASE_PORT
+  GALERA_T0=$(now_ms)
+  bash "$ROOT/scripts/galera.sh" start >"$GALERA_DIR/env.sh" 2>"$GALERA_DIR/start.log" &
+  GALERA_PID=$!
+else
+  missing "could not install Galera (scripts/galera.sh install failed)"
+fi
+# >>> browser for tests/console.rs (scripts/browser.sh: Debian's chromium + chromium-driver)
+if bash "$ROOT/scripts/browser.sh" install; then eval "$(bash "$ROOT/scripts/browser.sh" env)"
+else missing "could not install chromium/chromium-driver (scripts/browser.sh install failed)"; fi
+# <<< browser
 
 # ---------------------------------------------------------------------------------------------
 # 2. Python venv with wechatpy (reused between runs; rebuilt when missing, broken or outdated).
@@ -211,23 +230,6 @@ say "venv check: $(( $(now_ms) - t0 )) ms"
 
 # ---------------------------------------------------------------------------------------------
 # 3. Start the servers in a fresh temp dir on free loopback ports.
-# port_free PORT -> exit 0 if 127.0.0.1:PORT can be bound; random_port -> a currently free port.
-port_free() {
-  python3 - "$1" <<'PY'
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-try:
-    s.bind(("127.0.0.1", int(sys.argv[1])))
-except OSError:
-    sys.exit(1)
-finally:
-    s.close()
-PY
-}
-random_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
 pick_port() { # preferred
   if port_free "$1"; then echo "$1"; else random_port; fi
 }
@@ -248,9 +250,7 @@ start_svc() {
 MYSQL_OK=0
 REDIS_OK=0
 if ((SERVICES_OK)); then
-  SVC_DIR=$(mktemp -d "$TMP_BASE/coinpay-test.XXXXXX")
-  echo $$ >"$SVC_DIR/owner.pid"
-  touch "$SVC_DIR/.coinpay-svc"
+  make_svc_dir coinpay-test
   MY_PORT=${MY_PORT:-$(pick_port 13306)}
   REDIS_PORT=${REDIS_PORT:-$(pick_port 16379)}
   [[ $REDIS_PORT != "$MY_PORT" ]] || REDIS_PORT=$(random_port)
@@ -264,36 +264,25 @@ if ((SERVICES_OK)); then
   say "redis start: $(( $(now_ms) - t0 )) ms"
 fi
 
-# The Galera cluster (three nodes, ~35 s), on ports free at the time: a base below the
-# ephemeral range whose twelve ports (clients, replication, IST, SST: see galera.sh) are free.
-galera_base_port() {
-  local base off ok _
-  for _ in $(seq 20); do
-    base=$(( 20000 + RANDOM % 8000 )) ok=1
-    for off in 0 1 2 100 101 102 200 201 202 300 301 302; do
-      port_free $((base + off)) || { ok=0; break; }
-    done
-    ((ok)) && { echo "$base"; return 0; }
-  done
-  echo 23306
-}
-GALERA_OK=0
-unset COINPAY_TEST_GALERA_URLS COINPAY_TEST_GALERA_URL COINPAY_GALERA_SCRIPT
-if ((SERVICES_OK)) && bash "$ROOT/scripts/galera.sh" install; then
+# ---------------------------------------------------------------------------------------------
+# 3b. Compile the tests while the cluster boots (cargo's own arguments are those before `--`),
+# then wait for it.
+if [[ -n $GALERA_PID ]]; then
+  BUILD_ARGS=()
+  for a in "$@"; do [[ $a == -- ]] && break; BUILD_ARGS+=("$a"); done
   t0=$(now_ms)
-  # Its own dir, not under $SVC_DIR (mode 700): the nodes run as user mysql, which must reach it.
-  GALERA_DIR=$(mktemp -d "$TMP_BASE/coinpay-galera.XXXXXX")
-  chmod 755 "$GALERA_DIR"
-  GALERA_BASE_PORT=$(galera_base_port)
-  export GALERA_DIR GALERA_BASE_PORT
-  if GALERA_ENV=$(bash "$ROOT/scripts/galera.sh" start); then
-    eval "$GALERA_ENV"
+  "$CARGO_CMD" test --all-targets --no-run "${BUILD_ARGS[@]}" || say "compiling the tests failed; cargo test reports it below"
+  say "compile while the cluster boots: $(( $(now_ms) - t0 )) ms"
+  if wait "$GALERA_PID"; then
+    eval "$(cat "$GALERA_DIR/env.sh")"
     export COINPAY_GALERA_SCRIPT=$ROOT/scripts/galera.sh
     GALERA_OK=1
-  else missing "the Galera cluster did not start (GALERA_DIR=$GALERA_DIR)"; fi
-  say "galera start: $(( $(now_ms) - t0 )) ms"
-else
-  missing "could not install Galera (scripts/galera.sh install failed)"
+  else
+    sed 's/^/  /' "$GALERA_DIR/start.log" >&2
+    missing "the Galera cluster did not start (GALERA_DIR=$GALERA_DIR)"
+  fi
+  GALERA_PID=
+  say "galera ready $(( $(now_ms) - GALERA_T0 )) ms after its start"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -335,7 +324,7 @@ DEPLOY_RC=$?
 set -e
 case $DEPLOY_RC in
   0) ;;
-  2) missing "promtool (Debian package prometheus) is not available: deploy/ checks skipped" ;;
+  2) missing "a tool of scripts/check-deploy.sh (promtool, nginx, docker-compose, hadolint...) is not available: some deploy/ checks skipped" ;;
   *) say "FATAL: scripts/check-deploy.sh failed (exit $DEPLOY_RC)"; exit 1 ;;
 esac
 say "deploy checks: $(( $(now_ms) - t0 )) ms"

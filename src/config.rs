@@ -1,11 +1,21 @@
 //! Settings from the environment (and `.env`, loaded by `main`). Variable names follow the
 //! seed's configuration guide; they are a contract with existing deployments.
+//!
+//! Values are parsed once, here, into the types the rest of the service works with: the
+//! database URL becomes a [`DbUrl`] (its scheme is looked at nowhere else), the WeChat
+//! credentials become a [`WechatConfig`] or [`LoginConfig`] only when every part of them is
+//! set (so no client ever holds an empty key), and every key, token and password is a
+//! [`SecretString`], whose `Debug` prints `[REDACTED]`: `{:?}` of the settings cannot leak one.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
 
+use crate::wechat::client::{LoginConfig, LoginCredentials, PayCredentials, WechatConfig};
 use crate::wechat::sign::SignType;
 
 /// Logged exactly like this when the WeChat Pay settings are incomplete (the seed's §5.1).
@@ -44,6 +54,43 @@ fn bad(var: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// DATABASE_URL, parsed: which backend, and where.
+#[derive(Clone, Debug)]
+pub enum DbUrl {
+    /// `sqlite://PATH`: a file (created with its directory when missing).
+    Sqlite(PathBuf),
+    /// `mysql://user:password@host:port/db`, kept whole for the driver; secret because of the
+    /// password in it.
+    Mysql(SecretString),
+}
+
+impl FromStr for DbUrl {
+    type Err = ConfigError;
+
+    fn from_str(url: &str) -> Result<Self, ConfigError> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            Ok(DbUrl::Sqlite(PathBuf::from(path)))
+        } else if url.starts_with("mysql://") {
+            Ok(DbUrl::Mysql(SecretString::from(url)))
+        } else {
+            Err(bad(
+                "DATABASE_URL",
+                "must start with sqlite:// (a file path) or mysql://",
+            ))
+        }
+    }
+}
+
+impl DbUrl {
+    /// The backend's name, as `check-config` and the metrics show it.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            DbUrl::Sqlite(_) => "sqlite",
+            DbUrl::Mysql(_) => "mysql",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -54,17 +101,21 @@ pub enum LogFormat {
 pub struct RedisSettings {
     pub host: String,
     pub port: u16,
-    pub password: Option<String>,
+    pub password: Option<SecretString>,
     pub db: i64,
 }
 
 impl RedisSettings {
-    pub fn url(&self) -> String {
+    /// The connection URL; secret, since it carries the password.
+    pub fn url(&self) -> SecretString {
         let auth = match &self.password {
-            Some(p) => format!(":{}@", url_escape(p)),
+            Some(p) => format!(":{}@", url_escape(p.expose_secret())),
             None => String::new(),
         };
-        format!("redis://{auth}{}:{}/{}", self.host, self.port, self.db)
+        SecretString::from(format!(
+            "redis://{auth}{}:{}/{}",
+            self.host, self.port, self.db
+        ))
     }
 }
 
@@ -73,12 +124,14 @@ fn url_escape(s: &str) -> String {
 }
 
 /// The WeChat settings as configured; any of them may be missing (then payment is off).
+/// [`WechatSettings::pay_config`] and [`WechatSettings::login_config`] turn them into what
+/// the clients need, or into nothing when a part is missing.
 #[derive(Clone, Debug, Default)]
 pub struct WechatSettings {
     pub app_id: Option<String>,
-    pub app_secret: Option<String>,
+    pub app_secret: Option<SecretString>,
     pub mch_id: Option<String>,
-    pub api_key: Option<String>,
+    pub api_key: Option<SecretString>,
     pub notify_url: Option<String>,
     pub sign_type: Option<SignType>,
     pub pay_api_base: String,
@@ -97,25 +150,67 @@ impl WechatSettings {
     }
     /// Names of the pay settings that are missing.
     pub fn missing_pay(&self) -> Vec<&'static str> {
-        let mut m = Vec::new();
-        for (name, v) in [
-            ("WECHAT_APP_ID", &self.app_id),
-            ("WECHAT_PAY_MCH_ID", &self.mch_id),
-            ("WECHAT_PAY_API_KEY", &self.api_key),
-            ("WECHAT_PAY_NOTIFY_URL", &self.notify_url),
-        ] {
-            if v.is_none() {
-                m.push(name);
-            }
-        }
-        m
+        [
+            ("WECHAT_APP_ID", self.app_id.is_some()),
+            ("WECHAT_PAY_MCH_ID", self.mch_id.is_some()),
+            ("WECHAT_PAY_API_KEY", self.api_key.is_some()),
+            ("WECHAT_PAY_NOTIFY_URL", self.notify_url.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| (!set).then_some(name))
+        .collect()
     }
+
     pub fn pay_complete(&self) -> bool {
-        self.missing_pay().is_empty()
+        self.pay_config().is_some()
     }
+
     pub fn login_complete(&self) -> bool {
-        self.app_id.is_some() && self.app_secret.is_some()
+        self.login_config().is_some()
     }
+
+    /// The pay client's configuration, when all four pay settings are set (the variables
+    /// [`Self::missing_pay`] names); otherwise payment is off.
+    pub fn pay_config(&self) -> Option<WechatConfig> {
+        let (Some(app_id), Some(mch_id), Some(api_key), Some(notify_url)) =
+            (&self.app_id, &self.mch_id, &self.api_key, &self.notify_url)
+        else {
+            return None;
+        };
+        Some(WechatConfig {
+            credentials: PayCredentials {
+                app_id: app_id.clone(),
+                mch_id: mch_id.clone(),
+                api_key: api_key.clone(),
+                sign_type: self.sign_type(),
+            },
+            pay_api_base: self.pay_api_base.clone(),
+            notify_url: notify_url.clone(),
+            timeout: self.timeout(),
+            max_retries: self.max_retries,
+        })
+    }
+
+    /// The login client's configuration: WECHAT_APP_ID and WECHAT_APP_SECRET are enough.
+    pub fn login_config(&self) -> Option<LoginConfig> {
+        let (Some(app_id), Some(app_secret)) = (&self.app_id, &self.app_secret) else {
+            return None;
+        };
+        Some(LoginConfig {
+            credentials: LoginCredentials {
+                app_id: app_id.clone(),
+                app_secret: app_secret.clone(),
+            },
+            api_base: self.api_base.clone(),
+            timeout: self.timeout(),
+            max_retries: self.max_retries,
+        })
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
     pub fn is_real_wechat(&self) -> bool {
         is_wechat_host(&self.pay_api_base)
     }
@@ -130,13 +225,13 @@ fn is_wechat_host(base: &str) -> bool {
 
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub database_url: String,
+    pub database_url: DbUrl,
     pub db_pool_size: u32,
     pub bind_addr: SocketAddr,
     pub metrics_bind_addr: Option<SocketAddr>,
     /// `None` when JWT_SECRET is unset: a random per-process secret is used (tokens then do
     /// not survive a restart nor work across instances; `check-config` flags it).
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<SecretString>,
     pub jwt_ttl_secs: i64,
     pub wechat: WechatSettings,
     pub redis: Option<RedisSettings>,
@@ -146,8 +241,8 @@ pub struct Settings {
     pub sweep_concurrency: usize,
     pub lease_secs: i64,
     pub trusted_proxies: Vec<IpNet>,
-    pub internal_api_token: Option<String>,
-    pub admin_api_token: Option<String>,
+    pub internal_api_token: Option<SecretString>,
+    pub admin_api_token: Option<SecretString>,
     pub log_format: LogFormat,
     pub instance_id: Option<String>,
     pub sandbox_time_scale: f64,
@@ -184,6 +279,11 @@ fn opt(src: &dyn Source, name: &str) -> Option<String> {
     src.get(name)
         .map(|v| v.trim().to_string())
         .filter(|v| !v.is_empty())
+}
+
+/// A set, non-blank value that must never reach a log.
+fn secret(src: &dyn Source, name: &str) -> Option<SecretString> {
+    opt(src, name).map(SecretString::from)
 }
 
 fn parse_or<T: FromStr>(src: &dyn Source, name: &'static str, default: T) -> Result<T, ConfigError>
@@ -247,13 +347,10 @@ impl Settings {
     }
 
     pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
-        let database_url = opt(src, "DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
-        if !(database_url.starts_with("sqlite://") || database_url.starts_with("mysql://")) {
-            return Err(bad(
-                "DATABASE_URL",
-                "must start with sqlite:// (a file path) or mysql://",
-            ));
-        }
+        let database_url: DbUrl = opt(src, "DATABASE_URL")
+            .as_deref()
+            .unwrap_or(DEFAULT_DATABASE_URL)
+            .parse()?;
         let wechat = Self::wechat_from(src)?;
 
         let order_expire_secs: i64 = parse_or(src, "ORDER_EXPIRE_SECONDS", 1800)?;
@@ -269,7 +366,7 @@ impl Settings {
             Some(host) => Some(RedisSettings {
                 host,
                 port: parse_or(src, "REDIS_PORT", 6379)?,
-                password: opt(src, "REDIS_PASSWORD"),
+                password: secret(src, "REDIS_PASSWORD"),
                 db: parse_or(src, "REDIS_DB", 0)?,
             }),
         };
@@ -284,9 +381,9 @@ impl Settings {
                 ));
             }
         };
-        let jwt_secret = opt(src, "JWT_SECRET");
+        let jwt_secret = secret(src, "JWT_SECRET");
         if let Some(s) = &jwt_secret
-            && s.len() < 16
+            && s.expose_secret().len() < 16
         {
             return Err(bad("JWT_SECRET", "must be at least 16 characters"));
         }
@@ -314,13 +411,13 @@ impl Settings {
             order_sweep_cron,
             sweep_batch_size: parse_or(src, "ORDER_SWEEP_BATCH", 200)?,
             sweep_concurrency: parse_or(src, "ORDER_SWEEP_CONCURRENCY", 8)?,
-            lease_secs: parse_or(src, "ORDER_SWEEP_LEASE_SECONDS", 120)?,
+            lease_secs: parse_or(src, "ORDER_SWEEP_LEASE_SECONDS", 15)?,
             trusted_proxies: match opt(src, "TRUSTED_PROXIES") {
                 None => Vec::new(),
                 Some(v) => parse_cidrs("TRUSTED_PROXIES", &v)?,
             },
-            internal_api_token: opt(src, "INTERNAL_API_TOKEN"),
-            admin_api_token: opt(src, "ADMIN_API_TOKEN"),
+            internal_api_token: secret(src, "INTERNAL_API_TOKEN"),
+            admin_api_token: secret(src, "ADMIN_API_TOKEN"),
             log_format,
             instance_id: opt(src, "INSTANCE_ID"),
             sandbox_time_scale,
@@ -392,17 +489,17 @@ impl Settings {
         }
         let real = is_wechat_host(&pay_api_base);
 
-        let api_key = opt(src, "WECHAT_PAY_API_KEY");
-        if let Some(k) = &api_key
-            && k.chars().count() != 32
-        {
-            return Err(bad(
-                "WECHAT_PAY_API_KEY",
-                format!(
-                    "must be the 32-character API v2 key (API密钥), got {} characters",
-                    k.chars().count()
-                ),
-            ));
+        let api_key = secret(src, "WECHAT_PAY_API_KEY");
+        if let Some(k) = &api_key {
+            let chars = k.expose_secret().chars().count();
+            if chars != 32 {
+                return Err(bad(
+                    "WECHAT_PAY_API_KEY",
+                    format!(
+                        "must be the 32-character API v2 key (API密钥), got {chars} characters"
+                    ),
+                ));
+            }
         }
         let notify_url = opt(src, "WECHAT_PAY_NOTIFY_URL");
         if let Some(u) = &notify_url {
@@ -439,7 +536,7 @@ impl Settings {
         };
         Ok(WechatSettings {
             app_id: opt(src, "WECHAT_APP_ID"),
-            app_secret: opt(src, "WECHAT_APP_SECRET"),
+            app_secret: secret(src, "WECHAT_APP_SECRET"),
             mch_id: opt(src, "WECHAT_PAY_MCH_ID"),
             api_key,
             notify_url,
@@ -469,10 +566,6 @@ impl Settings {
             })
             .collect()
     }
-
-    pub fn is_sqlite(&self) -> bool {
-        self.database_url.starts_with("sqlite://")
-    }
 }
 
 #[cfg(test)]
@@ -490,7 +583,11 @@ mod tests {
     #[test]
     fn defaults_start_without_anything() {
         let s = Settings::from_source(&src(&[])).expect("defaults");
-        assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
+        assert!(
+            matches!(&s.database_url, DbUrl::Sqlite(p) if p.as_path() == std::path::Path::new("data/coinpay.db")),
+            "{:?}",
+            s.database_url
+        );
         assert_eq!(s.order_expire_secs, 1800);
         assert!(!s.wechat.pay_complete());
         assert_eq!(s.wechat.sign_type(), SignType::Md5);
@@ -558,6 +655,106 @@ mod tests {
             password: Some("p@ss/word".into()),
             db: 2,
         };
-        assert_eq!(r.url(), "redis://:p%40ss%2Fword@127.0.0.1:6379/2");
+        assert_eq!(
+            r.url().expose_secret(),
+            "redis://:p%40ss%2Fword@127.0.0.1:6379/2"
+        );
+    }
+
+    #[test]
+    fn database_url_scheme_is_parsed_once() {
+        let s = Settings::from_source(&src(&[("DATABASE_URL", "sqlite:///var/lib/c.db")]))
+            .expect("sqlite");
+        assert!(
+            matches!(&s.database_url, DbUrl::Sqlite(p) if p.as_path() == std::path::Path::new("/var/lib/c.db"))
+        );
+        assert_eq!(s.database_url.backend(), "sqlite");
+        let url = "mysql://u:pw@127.0.0.1:3306/coinpay";
+        let s = Settings::from_source(&src(&[("DATABASE_URL", url)])).expect("mysql");
+        match &s.database_url {
+            DbUrl::Mysql(u) => assert_eq!(u.expose_secret(), url, "kept whole for the driver"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.database_url.backend(), "mysql");
+        for refused in ["postgres://x", "sqlite:/x", "data/coinpay.db"] {
+            let err = refused.parse::<DbUrl>().expect_err(refused);
+            assert_eq!(err.var, "DATABASE_URL");
+        }
+    }
+
+    const KEY: &str = "0123456789abcdef0123456789ABCDEF";
+
+    #[test]
+    fn pay_and_login_configs_exist_only_when_complete() {
+        let pay = [
+            ("WECHAT_APP_ID", "wx1"),
+            ("WECHAT_PAY_MCH_ID", "1900000109"),
+            ("WECHAT_PAY_API_KEY", KEY),
+            ("WECHAT_PAY_NOTIFY_URL", "https://pay.example.com/cb"),
+        ];
+        let s = Settings::from_source(&src(&pay)).expect("pay settings");
+        let cfg = s.wechat.pay_config().expect("complete");
+        assert_eq!(cfg.credentials.app_id, "wx1");
+        assert_eq!(cfg.credentials.api_key.expose_secret(), KEY);
+        assert_eq!(cfg.notify_url, "https://pay.example.com/cb");
+        assert!(s.wechat.missing_pay().is_empty());
+        assert!(s.wechat.login_config().is_none(), "no WECHAT_APP_SECRET");
+        for left_out in 0..pay.len() {
+            let mut partial = pay.to_vec();
+            let (name, _) = partial.remove(left_out);
+            let s = Settings::from_source(&src(&partial)).expect("partial");
+            assert!(s.wechat.pay_config().is_none(), "without {name}");
+            assert_eq!(s.wechat.missing_pay(), vec![name]);
+        }
+
+        let s = Settings::from_source(&src(&[
+            ("WECHAT_APP_ID", "wx1"),
+            ("WECHAT_APP_SECRET", "app-secret"),
+        ]))
+        .expect("login settings");
+        let login = s.wechat.login_config().expect("login");
+        assert_eq!(login.credentials.app_secret.expose_secret(), "app-secret");
+        assert_eq!(login.api_base, WECHAT_API_BASE_DEFAULT);
+        assert!(s.wechat.pay_config().is_none());
+    }
+
+    #[test]
+    fn debug_prints_no_secret() {
+        let secrets = [
+            ("WECHAT_APP_SECRET", "app-secret-9f8e7d6c5b4a"),
+            ("WECHAT_PAY_API_KEY", KEY),
+            ("JWT_SECRET", "jwt-secret-0a1b2c3d4e5f"),
+            ("INTERNAL_API_TOKEN", "internal-token-5f4e3d2c1b0a"),
+            ("ADMIN_API_TOKEN", "admin-token-a0b1c2d3e4f5"),
+            ("REDIS_PASSWORD", "redis-password-77aa88bb"),
+        ];
+        let db_password = "db-password-1234abcd";
+        let db_url = format!("mysql://coinpay:{db_password}@127.0.0.1:3306/coinpay");
+        let mut vars = secrets.to_vec();
+        vars.extend([
+            ("DATABASE_URL", db_url.as_str()),
+            ("REDIS_HOST", "127.0.0.1"),
+            ("WECHAT_APP_ID", "wx1"),
+            ("WECHAT_PAY_MCH_ID", "1900000109"),
+            ("WECHAT_PAY_NOTIFY_URL", "https://pay.example.com/cb"),
+        ]);
+        let s = Settings::from_source(&src(&vars)).expect("settings");
+        let pay = s.wechat.pay_config().expect("pay");
+        let login = s.wechat.login_config().expect("login");
+        let redis = s.redis.as_ref().expect("redis");
+        let printed = [
+            format!("{s:?}"),
+            format!("{s:#?}"),
+            format!("{pay:?}"),
+            format!("{login:?}"),
+            format!("{:?}", redis.url()),
+        ];
+        for text in &printed {
+            for (var, value) in secrets.iter().chain([&("DATABASE_URL", db_password)]) {
+                assert!(!text.contains(value), "{var} printed by {{:?}}: {text}");
+            }
+        }
+        // The rest is still there to debug with.
+        assert!(printed[0].contains("1900000109") && printed[0].contains("127.0.0.1"));
     }
 }

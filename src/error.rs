@@ -139,7 +139,6 @@ impl From<WechatError> for AppError {
     fn from(e: WechatError) -> Self {
         let is_final = e.is_final();
         match e {
-            WechatError::NotConfigured => AppError::PaymentUnavailable,
             WechatError::Login { errcode, errmsg } if is_final => {
                 AppError::LoginRejected { errcode, errmsg }
             }

@@ -2,12 +2,11 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use actix::prelude::*;
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
+use secrecy::ExposeSecret;
 
 use crate::config::{INCOMPLETE_PAY_WARNING, Settings, parse_cron};
 use crate::http::{self, AppState};
@@ -15,12 +14,12 @@ use crate::metrics::Metrics;
 use crate::order::actor::OrderCore;
 use crate::order::number::OrderNumbers;
 use crate::order::registry::OrderRegistry;
-use crate::order::sweeper::{self, SweepConfig, SweeperActor};
+use crate::order::sweeper::{SweepConfig, Sweeper};
 use crate::redis::{RedisError, redis_pool};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::service::orders::OrderService;
 use crate::store::{self, DbPool};
-use crate::wechat::client::{CallObserver, WechatClient, WechatConfig};
+use crate::wechat::client::{CallObserver, LoginClient, WechatClient};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -35,6 +34,8 @@ pub enum StartupError {
     Store(#[from] store::StoreError),
     #[error("Redis: {0}")]
     Redis(#[from] RedisError),
+    #[error("login tokens: {0}")]
+    Jwt(#[from] http::auth::TokenError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -44,7 +45,7 @@ pub struct Application {
     pub metrics_addr: Option<SocketAddr>,
     server: Server,
     metrics_server: Option<Server>,
-    sweeper: Addr<SweeperActor>,
+    sweeper: Sweeper,
     shutdown_timeout: Duration,
 }
 
@@ -58,19 +59,12 @@ fn apply_sandbox(settings: &mut Settings, addr: SocketAddr) -> SandboxConfig {
     let defaults = SandboxConfig::default_credentials();
     let w = &mut settings.wechat;
     let base = format!("http://{addr}/sandbox");
-    let fill = |v: &mut Option<String>, d: &str| {
-        if v.is_none() {
-            *v = Some(d.to_string());
-        }
-    };
-    fill(&mut w.app_id, &defaults.app_id);
-    fill(&mut w.app_secret, &defaults.app_secret);
-    fill(&mut w.mch_id, &defaults.mch_id);
-    fill(&mut w.api_key, &defaults.api_key);
-    fill(
-        &mut w.notify_url,
-        &format!("http://{addr}/api/v1/client/coin/recharge/callback"),
-    );
+    w.app_id.get_or_insert(defaults.app_id);
+    w.app_secret.get_or_insert(defaults.app_secret);
+    w.mch_id.get_or_insert(defaults.mch_id);
+    w.api_key.get_or_insert(defaults.api_key);
+    w.notify_url
+        .get_or_insert_with(|| format!("http://{addr}/api/v1/client/coin/recharge/callback"));
     if w.pay_api_base == crate::config::WECHAT_PAY_API_BASE_DEFAULT {
         w.pay_api_base = base.clone();
     }
@@ -84,22 +78,6 @@ fn apply_sandbox(settings: &mut Settings, addr: SocketAddr) -> SandboxConfig {
         ]);
     }
     sandbox_config_from(settings)
-}
-
-fn wechat_config(s: &Settings) -> WechatConfig {
-    let w = &s.wechat;
-    WechatConfig {
-        app_id: w.app_id.clone().unwrap_or_default(),
-        app_secret: w.app_secret.clone().unwrap_or_default(),
-        mch_id: w.mch_id.clone().unwrap_or_default(),
-        api_key: w.api_key.clone().unwrap_or_default(),
-        sign_type: w.sign_type(),
-        pay_api_base: w.pay_api_base.clone(),
-        api_base: w.api_base.clone(),
-        notify_url: w.notify_url.clone().unwrap_or_default(),
-        timeout: Duration::from_millis(w.timeout_ms),
-        max_retries: w.max_retries,
-    }
 }
 
 pub fn sandbox_config_from(settings: &Settings) -> SandboxConfig {
@@ -157,7 +135,7 @@ impl Application {
         tracing::info!(applied, "migrations checked");
         let db = DbPool::connect(&settings.database_url, settings.db_pool_size).await?;
         let redis = match &settings.redis {
-            Some(r) => Some(redis_pool(&r.url())?),
+            Some(r) => Some(redis_pool(r.url().expose_secret())?),
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
@@ -168,10 +146,16 @@ impl Application {
                 m.wechat_call(api, outcome, elapsed.as_secs_f64())
             })
         };
-        let client = WechatClient::new(wechat_config(&settings)).with_observer(observer);
-        let pay = settings.wechat.pay_complete().then(|| client.clone());
+        // Each client exists only when its credentials are complete (config.rs decides).
+        let pay = settings
+            .wechat
+            .pay_config()
+            .map(|c| WechatClient::new(c).with_observer(observer.clone()));
+        let login = settings
+            .wechat
+            .login_config()
+            .map(|c| LoginClient::new(c).with_observer(observer));
         let service_pay = pay.clone();
-        let login = settings.wechat.login_complete().then_some(client);
 
         let settings = Arc::new(settings);
 
@@ -191,15 +175,13 @@ impl Application {
             settings.instance_id.as_deref(),
             metrics.clone(),
         );
-        let jwt_secret = match &settings.jwt_secret {
-            Some(s) => s.as_bytes().to_vec(),
-            None => {
-                tracing::warn!(
-                    "JWT_SECRET is not set: using a random secret; tokens end with this process and do not work across instances"
-                );
-                crate::wechat::sign::nonce().into_bytes()
-            }
-        };
+        if settings.jwt_secret.is_none() {
+            tracing::warn!(
+                "JWT_SECRET is not set: using a random secret; tokens end with this process and do not work across instances"
+            );
+        }
+        let jwt =
+            http::auth::JwtKeys::from_config(settings.jwt_secret.as_ref(), settings.jwt_ttl_secs)?;
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             db: db.clone(),
@@ -214,7 +196,7 @@ impl Application {
             ),
             login,
             metrics: metrics.clone(),
-            jwt: http::auth::JwtKeys::new(&jwt_secret, settings.jwt_ttl_secs),
+            jwt,
         });
 
         let sweep_cfg = SweepConfig {
@@ -224,14 +206,7 @@ impl Application {
             batch_size: settings.sweep_batch_size,
             concurrency: settings.sweep_concurrency,
         };
-        let sweeper = SweeperActor::new(
-            sweep_cfg,
-            registry,
-            db,
-            metrics,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .start();
+        let sweeper = Sweeper::start(sweep_cfg, registry, db, metrics);
 
         let metrics_here = settings.metrics_bind_addr.is_none();
         let sandbox_app = sandbox_cfg.map(Sandbox::new);
@@ -292,17 +267,14 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let metrics_handle = self.metrics_server.as_ref().map(|s| s.handle());
-        let sweeper = self.sweeper.clone();
+        let sweeper = self.sweeper;
         let timeout = self.shutdown_timeout;
         actix_rt::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutdown requested: finishing in-flight work");
             let stop_http = handle.stop(true);
             let stop_sweeper = async {
-                if tokio::time::timeout(timeout, sweeper.send(sweeper::Shutdown))
-                    .await
-                    .is_err()
-                {
+                if tokio::time::timeout(timeout, sweeper.stop()).await.is_err() {
                     tracing::warn!("sweeper did not stop in time");
                 }
             };

@@ -175,7 +175,7 @@ fn authenticate(
             ..Answer::fail(N::IpDenied, "IP不在白名单")
         });
     }
-    let Some(cfg) = st.orders.pay_config() else {
+    let Some(cfg) = st.orders.pay_credentials() else {
         tracing::warn!(
             reason = "not_configured",
             "notification refused: WeChat Pay is not configured"

@@ -28,7 +28,7 @@ pub async fn login(
     let client = st.login.as_ref().ok_or(AppError::LoginUnavailable)?;
     let session = client.code_to_session(code).await?;
     let user = users::upsert_by_openid(&st.db, &session.openid, session.unionid.as_deref()).await?;
-    let token = st.jwt.issue(user.id, chrono::Utc::now().timestamp());
+    let token = st.jwt.issue(user.id, chrono::Utc::now().timestamp())?;
     tracing::info!(user_id = user.id, "user logged in");
     Ok(HttpResponse::Ok().json(json!({
         "token": token,

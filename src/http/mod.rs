@@ -1,10 +1,13 @@
 //! HTTP: routes, shared state, request ids and metrics middleware.
 
 pub mod admin;
+pub mod admin_lookup;
+pub mod admin_overview;
 pub mod auth;
 pub mod callback;
 pub mod client;
 pub mod client_ip;
+pub mod console;
 pub mod internal;
 pub mod limits;
 pub mod ops;
@@ -25,7 +28,7 @@ use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 use crate::redis::RedisPool;
 use crate::service::orders::OrderService;
 use crate::store::DbPool;
-use crate::wechat::client::WechatClient;
+use crate::wechat::client::LoginClient;
 
 /// What every handler borrows: the configuration, the services and the pools they read from.
 pub struct AppState {
@@ -35,7 +38,7 @@ pub struct AppState {
     /// Creating orders and handing events to their actors.
     pub orders: OrderService,
     /// jscode2session: needs WECHAT_APP_ID and WECHAT_APP_SECRET only.
-    pub login: Option<WechatClient>,
+    pub login: Option<LoginClient>,
     pub metrics: Arc<Metrics>,
     pub jwt: auth::JwtKeys,
 }
@@ -85,7 +88,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, metrics_here: bool) {
         .service(internal::user_balance)
         .service(ops::healthz)
         .service(ops::readyz)
-        .configure(admin::routes);
+        // The console's admin endpoints ahead of the admin API's scope (which 404s the rest).
+        .configure(admin_overview::routes)
+        .configure(admin_lookup::routes)
+        .configure(admin::routes)
+        .configure(console::routes);
     if metrics_here {
         cfg.service(ops::metrics);
     }

@@ -1,20 +1,35 @@
-//! The timeout sweeper. On ORDER_SWEEP_CRON it takes the `sweeper` lease (ShedLock-style, so
-//! one instance sweeps at a time), then sends Timeout to the actor of every unpaid order past
-//! its expiry. Runs never overlap; the lease is renewed between batches.
+//! The timeout sweeper. On ORDER_SWEEP_CRON it sends Check to the actor of every unpaid order
+//! past its expiry, provided this instance holds the `sweeper` lease (ShedLock-style, so one
+//! instance sweeps at a time across every instance on the database, Galera cluster included).
+//! Runs never overlap.
+//!
+//! The lease is kept by a task of its own for as long as the sweeper runs, not only during a
+//! run: it takes the lease when it is free and renews it every third of its length
+//! (`ORDER_SWEEP_LEASE_SECONDS`). While it holds the lease it hands the runs a token; the
+//! moment a renewal fails or does not answer within that third, the token is cancelled and a run
+//! in progress stops after its current orders, so sweeping stops well before the lease could
+//! have passed to another instance. Another instance's keeper asks for it every second (or
+//! every third of the lease, when shorter), so after a crash the lease moves on within one lease
+//! length and a second. (A restarted instance on the same
+//! host and listener is the same holder, see `startup::instance_holder`, and takes it again at
+//! once.)
+//!
+//! It is one task, stopped through a cancellation token: at shutdown the token is cancelled,
+//! the run in progress stops after its current orders, the task gives the lease back (so that
+//! another instance can take over at once) and ends, and whoever stopped it awaits its handle.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use actix::prelude::*;
 use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::actor::{Check, OrderError, Outcome};
 use super::registry::OrderRegistry;
 use super::state::{OrderStatus, Stay};
 use crate::metrics::Metrics;
 use crate::store::{DbPool, leases, now_ms, orders};
-
 pub const LEASE_NAME: &str = "sweeper";
 /// Batches per run: a backlog larger than this is finished by the next runs.
 const MAX_BATCHES: usize = 50;
@@ -28,16 +43,6 @@ pub struct SweepConfig {
     pub concurrency: usize,
 }
 
-pub struct SweeperActor {
-    cfg: SweepConfig,
-    registry: OrderRegistry,
-    db: DbPool,
-    metrics: Arc<Metrics>,
-    running: Arc<AtomicBool>,
-    /// Set at shutdown: the run in progress stops after its current orders.
-    stopping: Arc<AtomicBool>,
-}
-
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
     pub looked_at: u64,
@@ -47,162 +52,198 @@ pub struct SweepReport {
     pub failed: u64,
 }
 
-impl SweeperActor {
-    pub fn new(
+/// The running sweeper: its task, and the token that stops it.
+pub struct Sweeper {
+    cancel: CancellationToken,
+    task: actix_rt::task::JoinHandle<()>,
+}
+
+impl Sweeper {
+    /// Starts the sweeper's task on the current actix runtime (the order actors it wakes start
+    /// on this thread).
+    pub fn start(
         cfg: SweepConfig,
         registry: OrderRegistry,
         db: DbPool,
         metrics: Arc<Metrics>,
-        stopping: Arc<AtomicBool>,
-    ) -> Self {
-        SweeperActor {
+    ) -> Sweeper {
+        let cancel = CancellationToken::new();
+        let task = actix_rt::spawn(sweep_on_schedule(
             cfg,
             registry,
             db,
             metrics,
-            running: Arc::new(AtomicBool::new(false)),
-            stopping,
-        }
+            cancel.clone(),
+        ));
+        Sweeper { cancel, task }
     }
 
-    fn schedule_next(&self, ctx: &mut Context<Self>) {
-        let Some(next) = self.cfg.schedule.upcoming(chrono::Utc).next() else {
-            tracing::warn!("ORDER_SWEEP_CRON has no future run; the sweeper is idle");
-            return;
-        };
-        let delay = (next - chrono::Utc::now())
-            .to_std()
-            .unwrap_or(Duration::ZERO);
-        ctx.run_later(delay, |act, ctx| {
-            act.tick(ctx);
-            act.schedule_next(ctx);
-        });
-    }
-
-    fn tick(&mut self, ctx: &mut Context<Self>) {
-        if self.running.load(Ordering::Relaxed) {
-            tracing::info!("previous sweep still running; skipping this tick");
-            self.metrics.sweeper_run("skipped_overlap");
-            return;
+    /// Stops sweeping and waits until the run in progress has stopped after its current orders
+    /// and the lease is given back.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the sweeper task failed");
         }
-        if self.stopping.load(Ordering::Relaxed) {
-            return;
-        }
-        self.running.store(true, Ordering::Relaxed);
-        let job = run_once(
-            self.cfg.clone(),
-            self.registry.clone(),
-            self.db.clone(),
-            self.metrics.clone(),
-            self.stopping.clone(),
-        );
-        let running = self.running.clone();
-        ctx.spawn(
-            job.into_actor(self)
-                .map(move |_, _, _| running.store(false, Ordering::Relaxed)),
-        );
     }
 }
 
-impl Actor for SweeperActor {
-    type Context = Context<Self>;
-    fn started(&mut self, ctx: &mut Self::Context) {
-        tracing::info!(holder = %self.cfg.holder, "sweeper started");
-        self.schedule_next(ctx);
+async fn sweep_on_schedule(
+    cfg: SweepConfig,
+    registry: OrderRegistry,
+    db: DbPool,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    tracing::info!(holder = %cfg.holder, "sweeper started");
+    if cfg.schedule.upcoming(chrono::Utc).next().is_none() {
+        // No run to make, so no lease to hold.
+        tracing::warn!("ORDER_SWEEP_CRON has no future run; the sweeper is idle");
+        cancel.cancelled().await;
+        return;
     }
-}
-
-/// Stops sweeping and gives the lease back so another instance can take over at once.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Shutdown;
-
-impl Handler<Shutdown> for SweeperActor {
-    type Result = ResponseFuture<()>;
-    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> Self::Result {
-        self.stopping.store(true, Ordering::Relaxed);
-        let running = self.running.clone();
-        let db = self.db.clone();
-        let holder = self.cfg.holder.clone();
-        let metrics = self.metrics.clone();
-        Box::pin(async move {
-            // The run in progress notices `stopping` after its current orders.
-            while running.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    let (tenure_tx, tenure) = watch::channel(Lease::Theirs);
+    let keeper = keep_lease(&cfg, &db, &metrics, &cancel, tenure_tx);
+    let schedule = async {
+        loop {
+            let Some(next) = cfg.schedule.upcoming(chrono::Utc).next() else {
+                tracing::warn!("ORDER_SWEEP_CRON has no future run; the sweeper is idle");
+                break;
+            };
+            let delay = (next - chrono::Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
             }
-            if let Err(e) = leases::release(&db, LEASE_NAME, &holder).await {
-                tracing::warn!(error = %e, "could not release the sweeper lease");
+            let started = chrono::Utc::now();
+            let held = tenure.borrow().clone();
+            run_once(&cfg, &registry, &db, &metrics, held).await;
+            // The ticks that fell inside this run are skipped, not run late.
+            let now = chrono::Utc::now();
+            for _ in cfg.schedule.after(&started).take_while(|t| *t <= now) {
+                tracing::info!("previous sweep still running; skipping this tick");
+                metrics.sweeper_run("skipped_overlap");
             }
-            metrics.sweeper_lease_held.set(0);
-        })
+        }
+    };
+    // Both end once `cancel` is cancelled, the schedule after its run in progress.
+    futures_util::future::join(keeper, schedule).await;
+    if let Err(e) = leases::release(&db, LEASE_NAME, &cfg.holder).await {
+        tracing::warn!(error = %e, "could not release the sweeper lease");
     }
+    metrics.sweeper_lease_held.set(0);
 }
 
-async fn hold_lease(cfg: &SweepConfig, db: &DbPool) -> Result<bool, crate::store::StoreError> {
+/// Where the lease is, as the keeper last found it.
+#[derive(Clone, Debug)]
+pub enum Lease {
+    /// This instance holds it; the token is cancelled the moment that is no longer sure.
+    Ours(CancellationToken),
+    /// Another instance holds it.
+    Theirs,
+    /// The database did not say (an error, or no answer in time): not ours, to be safe.
+    Unknown,
+}
+
+/// Takes or renews the lease; an error or no answer within a third of the lease counts as not
+/// holding it (we cannot know that we still do).
+async fn hold_lease(cfg: &SweepConfig, db: &DbPool) -> Option<bool> {
     let now = now_ms();
-    leases::try_acquire(
+    let attempt = leases::try_acquire(
         db,
         LEASE_NAME,
         &cfg.holder,
         now,
         now + cfg.lease.as_millis() as i64,
-    )
-    .await
+    );
+    match tokio::time::timeout(cfg.lease / 3, attempt).await {
+        Ok(Ok(held)) => Some(held),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "sweeper could not take or renew its lease");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                "sweeper lease: the database did not answer within a third of the lease"
+            );
+            None
+        }
+    }
 }
 
-/// One sweep. Public so tests and the bench can drive it directly.
-pub async fn run_once(
-    cfg: SweepConfig,
-    registry: OrderRegistry,
-    db: DbPool,
-    metrics: Arc<Metrics>,
-    stopping: Arc<AtomicBool>,
-) -> Option<SweepReport> {
-    match hold_lease(&cfg, &db).await {
-        Ok(true) => {
-            metrics.sweeper_lease_held.set(1);
+/// Keeps the lease until `cancel`: every third of the lease, takes it (when free or expired) or
+/// renews it (when ours). `tenure` is [`Lease::Ours`] while the lease is ours; its token is
+/// cancelled as soon as an attempt fails.
+async fn keep_lease(
+    cfg: &SweepConfig,
+    db: &DbPool,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+    tenure: watch::Sender<Lease>,
+) {
+    loop {
+        let found = hold_lease(cfg, db).await;
+        let ours = matches!(*tenure.borrow(), Lease::Ours(_));
+        match (found, ours) {
+            (Some(true), true) => {}
+            (Some(true), false) => {
+                tracing::info!(holder = %cfg.holder, "sweeper lease taken");
+                metrics.sweeper_lease_held.set(1);
+                tenure.send_replace(Lease::Ours(cancel.child_token()));
+            }
+            (found, _) => {
+                if ours {
+                    tracing::warn!("sweeper lease lost; sweeping stops");
+                }
+                metrics.sweeper_lease_held.set(0);
+                let now = if found.is_some() {
+                    Lease::Theirs
+                } else {
+                    Lease::Unknown
+                };
+                if let Lease::Ours(t) = tenure.send_replace(now) {
+                    t.cancel();
+                }
+            }
         }
-        Ok(false) => {
-            metrics.sweeper_lease_held.set(0);
+        // Renewed every third of the lease; while another instance holds it, asked for at least
+        // every second, so that a dead holder's lease moves on within about a second of expiring.
+        let pause = match *tenure.borrow() {
+            Lease::Ours(_) => cfg.lease / 3,
+            Lease::Theirs | Lease::Unknown => (cfg.lease / 3).min(Duration::from_secs(1)),
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// One sweep, when `lease` is ours; it stops after its current orders once the lease's token
+/// is cancelled (the lease was lost, or the sweeper is stopping).
+pub async fn run_once(
+    cfg: &SweepConfig,
+    registry: &OrderRegistry,
+    db: &DbPool,
+    metrics: &Metrics,
+    lease: Lease,
+) -> Option<SweepReport> {
+    let halt = match lease {
+        Lease::Ours(t) if !t.is_cancelled() => t,
+        Lease::Ours(_) | Lease::Theirs => {
             metrics.sweeper_run("not_leader");
             tracing::debug!("another instance holds the sweeper lease");
             return None;
         }
-        Err(e) => {
+        Lease::Unknown => {
             metrics.sweeper_run("error");
-            tracing::warn!(error = %e, "sweeper could not take its lease");
+            tracing::warn!("not sweeping: the sweeper lease could not be checked");
             return None;
         }
-    }
-    // Renewed in the background for as long as the run lasts (slow WeChat calls included); a
-    // lost lease means another instance took over, and this run stops after its current orders.
-    let lost = Arc::new(AtomicBool::new(false));
-    let renew = {
-        let (cfg, db, metrics, lost) = (cfg.clone(), db.clone(), metrics.clone(), lost.clone());
-        async move {
-            loop {
-                tokio::time::sleep(cfg.lease / 3).await;
-                if !matches!(hold_lease(&cfg, &db).await, Ok(true)) {
-                    tracing::warn!("sweeper lease lost mid-run; stopping");
-                    metrics.sweeper_lease_held.set(0);
-                    lost.store(true, Ordering::Relaxed);
-                    return;
-                }
-            }
-        }
     };
-    let halted = {
-        let (stopping, lost) = (stopping.clone(), lost.clone());
-        move || stopping.load(Ordering::Relaxed) || lost.load(Ordering::Relaxed)
-    };
-    let work = sweep_batches(&cfg, &registry, &db, &halted);
-    let (report, completed) = {
-        let (work, renew) = (std::pin::pin!(work), std::pin::pin!(renew));
-        match futures_util::future::select(work, renew).await {
-            futures_util::future::Either::Left((done, _)) => done,
-            futures_util::future::Either::Right(((), work)) => work.await,
-        }
-    };
+    let (report, completed) = sweep_batches(cfg, registry, db, &halt).await;
     metrics.sweeper_order("looked_at", report.looked_at);
     metrics.sweeper_order("expired", report.expired);
     metrics.sweeper_order("recovered_paid", report.recovered_paid);
@@ -230,12 +271,12 @@ async fn sweep_batches(
     cfg: &SweepConfig,
     registry: &OrderRegistry,
     db: &DbPool,
-    halted: &(dyn Fn() -> bool + Sync),
+    halt: &CancellationToken,
 ) -> (SweepReport, bool) {
     let mut report = SweepReport::default();
     let mut seen = std::collections::HashSet::new();
     for _ in 0..MAX_BATCHES {
-        if halted() {
+        if halt.is_cancelled() {
             return (report, false);
         }
         let due = match orders::overdue(db, now_ms(), cfg.batch_size as i64).await {
@@ -251,7 +292,7 @@ async fn sweep_batches(
         }
         let results: Vec<_> = futures_util::stream::iter(fresh)
             .map(|order_no| async move {
-                if halted() {
+                if halt.is_cancelled() {
                     return None;
                 }
                 let r = registry.send(&order_no, Check { may_expire: true }).await;
@@ -286,5 +327,5 @@ async fn sweep_batches(
             }
         }
     }
-    (report, !halted())
+    (report, !halt.is_cancelled())
 }

@@ -7,6 +7,7 @@ use actix_web::{HttpResponse, web};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, KeyInit, Mac};
+use secrecy::ExposeSecret;
 use serde_json::json;
 use sha2::Sha256;
 
@@ -56,14 +57,15 @@ pub(super) async fn jscode2session(
         err(40002, "invalid grant_type")
     } else if get("appid") != cfg.app_id {
         err(40013, "invalid appid")
-    } else if get("secret") != cfg.app_secret {
+    } else if get("secret") != cfg.app_secret.expose_secret() {
         err(40125, "invalid appsecret")
     } else if !valid_code(get("js_code")) {
         err(40029, "invalid code")
     } else {
         let code = get("js_code");
-        let openid = openid_for(&cfg.app_secret, &cfg.app_id, code);
-        let key = mac(&cfg.app_secret, &format!("session_key:{code}"));
+        let secret = cfg.app_secret.expose_secret();
+        let openid = openid_for(secret, &cfg.app_id, code);
+        let key = mac(secret, &format!("session_key:{code}"));
         let session_key = STANDARD.encode(key.get(..16).unwrap_or(&key));
         json!({ "openid": openid, "session_key": session_key })
     };

@@ -3,32 +3,45 @@
 //! Routes are relative: mount with `web::scope("/sandbox").configure(|c| sb.configure(c))`, or
 //! at "/" for `coinpay sandbox --bind`. Payments happen through `POST /simulate/pay/{no}`, which
 //! delivers signed notifications on WeChat's retry schedule (§4.5) scaled by `time_scale`.
+//!
+//! Refunds (`secapi/pay/refund`, which needs a client certificate and so the TLS listener of
+//! `tls.rs`), `pay/refundquery`, refund notifications and `pay/downloadbill` follow
+//! wechatpay-next.md; tests drive them through `/simulate/refunds*` and `/simulate/bills/faults`.
 
+mod bill;
 mod login;
 mod notifier;
 mod pay;
+mod refund;
 mod simulate;
 mod state;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use actix_web::{App, HttpServer, web};
+use secrecy::SecretString;
 
 use crate::wechat::Params;
 use crate::wechat::sign::SignType;
 use crate::wechat::xml::MAX_BODY;
 
+pub use bill::{BillFaults, ChangedAmount, ExtraPayment, ExtraRefund};
 pub use notifier::RETRY_SCHEDULE_SECS;
+pub use refund::{RefundFaults, SimRefundStatus};
 pub use state::Faults;
 use state::State;
+pub use tls::{SandboxTls, SandboxTlsError, SandboxTlsFiles, serve_tls};
 
-#[derive(Clone)]
+/// The simulated merchant and mini-program. Its secrets are `SecretString`s like the service's
+/// own: `serve --sandbox` copies configured credentials into it.
+#[derive(Clone, Debug)]
 pub struct SandboxConfig {
     pub app_id: String,
-    pub app_secret: String,
+    pub app_secret: SecretString,
     pub mch_id: String,
-    pub api_key: String,
+    pub api_key: SecretString,
     /// Notifications use this unless the order's unifiedorder carried an explicit
     /// `sign_type` (then that one, as WeChat does).
     pub sign_type: SignType,
@@ -36,20 +49,6 @@ pub struct SandboxConfig {
     pub time_scale: f64,
     /// Add a `sign_type` field to notifications (real ones usually omit it, §9.2).
     pub notify_sign_type_field: bool,
-}
-
-impl std::fmt::Debug for SandboxConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SandboxConfig")
-            .field("app_id", &self.app_id)
-            .field("app_secret", &"<redacted>")
-            .field("mch_id", &self.mch_id)
-            .field("api_key", &"<redacted>")
-            .field("sign_type", &self.sign_type)
-            .field("time_scale", &self.time_scale)
-            .field("notify_sign_type_field", &self.notify_sign_type_field)
-            .finish()
-    }
 }
 
 impl SandboxConfig {
@@ -150,6 +149,42 @@ impl Sandbox {
                 .app_data(web::Data::new(api))
                 .route(web::post().to(pay::handle))
         };
+        let xml_route = |path: &str| {
+            web::resource(path.to_owned())
+                .app_data(data.clone())
+                .app_data(payload.clone())
+        };
+        let json_route = |path: &str| {
+            web::resource(path.to_owned())
+                .app_data(data.clone())
+                .app_data(web::JsonConfig::default().limit(4096))
+        };
+        cfg.service(xml_route("/secapi/pay/refund").route(web::post().to(refund::refund)))
+            .service(xml_route("/pay/refundquery").route(web::post().to(refund::refund_query)))
+            .service(xml_route("/pay/downloadbill").route(web::post().to(bill::download)))
+            // Before `/simulate/refunds/{no}`, which would otherwise match "faults".
+            .service(
+                json_route("/simulate/refunds/faults")
+                    .route(web::post().to(refund::set_faults))
+                    .route(web::delete().to(refund::clear_faults)),
+            )
+            .service(
+                json_route("/simulate/refunds")
+                    .route(web::get().to(refund::list))
+                    .route(web::post().to(refund::portal_refund)),
+            )
+            .service(
+                json_route("/simulate/refunds/{out_refund_no}").route(web::get().to(refund::one)),
+            )
+            .service(
+                json_route("/simulate/refunds/{out_refund_no}/settle")
+                    .route(web::post().to(refund::settle)),
+            )
+            .service(
+                json_route("/simulate/bills/faults")
+                    .route(web::post().to(bill::set_faults))
+                    .route(web::delete().to(bill::clear_faults)),
+            );
         cfg.service(pay_route("/pay/unifiedorder", pay::Api::UnifiedOrder))
             .service(pay_route("/pay/orderquery", pay::Api::OrderQuery))
             .service(pay_route("/pay/closeorder", pay::Api::CloseOrder))
@@ -199,6 +234,53 @@ pub fn serve(
     .bind(bind)?;
     let addrs = server.addrs();
     Ok((server.run(), addrs))
+}
+
+/// Where `coinpay sandbox --tls-bind ADDR --tls-dir DIR` serves TLS and writes its PEM files.
+#[derive(Clone, Debug)]
+pub struct StandaloneTls {
+    pub bind: SocketAddr,
+    pub dir: std::path::PathBuf,
+}
+
+/// `coinpay sandbox --bind ADDR`: the simulator alone, until Ctrl-C. With `tls`, the same
+/// simulator also listens over TLS (refunds need it) and writes `ca.pem`, `apiclient_cert.pem`
+/// and `apiclient_key.pem` into its directory.
+pub async fn run_standalone_with_tls(
+    bind: SocketAddr,
+    cfg: SandboxConfig,
+    tls: Option<StandaloneTls>,
+) -> std::io::Result<()> {
+    let Some(tls) = tls else {
+        return run_standalone(bind, cfg).await;
+    };
+    let material = SandboxTls::generate(&cfg.mch_id).map_err(std::io::Error::other)?;
+    let files = material.write_files(&tls.dir)?;
+    let sandbox = Sandbox::new(cfg);
+    let (tls_server, tls_addr) = serve_tls(tls.bind, sandbox.clone(), &material)?;
+    let plain = HttpServer::new(move || {
+        let sb = sandbox.clone();
+        App::new().configure(move |c| sb.configure(c))
+    })
+    .bind(bind)?;
+    for addr in plain.addrs() {
+        tracing::info!(%addr, "WeChat Pay sandbox listening");
+        println!("coinpay sandbox listening on http://{addr}");
+    }
+    tracing::info!(addr = %tls_addr, dir = %tls.dir.display(), "WeChat Pay sandbox listening over TLS");
+    println!("coinpay sandbox listening on https://{tls_addr}");
+    println!(
+        "coinpay sandbox TLS files: WECHAT_PAY_CA_PATH={} WECHAT_PAY_CERT_PATH={} WECHAT_PAY_KEY_PATH={}",
+        files.ca_path.display(),
+        files.cert_path.display(),
+        files.key_path.display()
+    );
+    // The plain server keeps actix's signal handling; when it stops, the TLS one follows.
+    let tls_handle = tls_server.handle();
+    actix_rt::spawn(tls_server);
+    let r = plain.run().await;
+    tls_handle.stop(true).await;
+    r
 }
 
 /// `coinpay sandbox --bind ADDR`: the simulator alone, until Ctrl-C.

@@ -1,8 +1,10 @@
-//! Notification delivery with WeChat's retry schedule (§4.5), scaled by `time_scale`.
+//! Notification delivery with WeChat's retry schedule (§4.5), scaled by `time_scale`. Refund
+//! notifications use the same schedule (wechatpay-next.md §3.1) with counters of their own.
 
 use std::time::Duration;
 
 use super::Sandbox;
+use super::state::State;
 use crate::wechat::client::http_client;
 use crate::wechat::xml::{self, MAX_BODY};
 
@@ -16,25 +18,99 @@ const REPLY_DEADLINE_SECS: f64 = 5.0;
 /// Floor for the scaled deadline: 5 ms (at 0.001) would fail any real handler.
 const MIN_REPLY_DEADLINE: Duration = Duration::from_secs(1);
 
-/// Keeps `pending_chains` right even when the task is dropped at server shutdown.
-struct ChainGuard(Sandbox);
+/// What a chain of deliveries is about: its attempts, acknowledgement and drop faults are
+/// counted there.
+#[derive(Clone, Debug)]
+pub(super) enum Subject {
+    /// A payment notification for this out_trade_no.
+    Order(String),
+    /// A refund notification for this out_refund_no.
+    Refund(String),
+}
+
+impl Subject {
+    fn pending<'a>(&self, st: &'a mut State) -> &'a mut u64 {
+        match self {
+            Subject::Order(_) => &mut st.pending_chains,
+            Subject::Refund(_) => &mut st.refunds.pending_chains,
+        }
+    }
+
+    /// Counts an attempt; true when a drop fault swallows it.
+    fn attempt(&self, st: &mut State) -> bool {
+        match self {
+            Subject::Order(no) => {
+                st.attempts += 1;
+                if let Some(o) = st.orders.get_mut(no) {
+                    o.notify_attempts += 1;
+                }
+                take_one(&mut st.faults.drop_notifications)
+            }
+            Subject::Refund(no) => st.refunds.on_attempt(no),
+        }
+    }
+
+    fn acknowledged(&self, st: &mut State) {
+        match self {
+            Subject::Order(no) => {
+                st.acknowledged += 1;
+                if let Some(o) = st.orders.get_mut(no) {
+                    o.acknowledged = true;
+                }
+            }
+            Subject::Refund(no) => st.refunds.on_acknowledged(no),
+        }
+    }
+}
+
+impl Subject {
+    /// Log fields: `out_trade_no` for payments (tests read it), `out_refund_no` for refunds.
+    fn order(&self) -> Option<&str> {
+        match self {
+            Subject::Order(no) => Some(no),
+            Subject::Refund(_) => None,
+        }
+    }
+
+    fn refund(&self) -> Option<&str> {
+        match self {
+            Subject::Refund(no) => Some(no),
+            Subject::Order(_) => None,
+        }
+    }
+}
+
+/// Decrements a fault counter; true when it was set.
+pub(super) fn take_one(counter: &mut u32) -> bool {
+    if *counter > 0 {
+        *counter -= 1;
+        true
+    } else {
+        false
+    }
+}
+
+/// Keeps the pending-chain counter right even when the task is dropped at server shutdown.
+struct ChainGuard(Sandbox, Subject);
 
 impl Drop for ChainGuard {
     fn drop(&mut self) {
         let mut st = self.0.state();
-        st.pending_chains = st.pending_chains.saturating_sub(1);
+        let pending = self.1.pending(&mut st);
+        *pending = pending.saturating_sub(1);
     }
 }
 
 pub(super) fn spawn_chain(
     sb: Sandbox,
-    out_trade_no: String,
+    subject: Subject,
     url: String,
     xml: String,
     first_delay: Duration,
 ) {
-    sb.state().pending_chains += 1;
-    let guard = ChainGuard(sb.clone());
+    *subject.pending(&mut sb.state()) += 1;
+    let guard = ChainGuard(sb.clone(), subject.clone());
+
     actix_rt::spawn(async move {
         let _guard = guard;
         let scale = sb.config().scale();
@@ -45,11 +121,16 @@ pub(super) fn spawn_chain(
         let mut attempt = 0usize;
         loop {
             attempt += 1;
-            if deliver_once(&sb, &out_trade_no, &url, &xml, deadline, attempt).await {
+            if deliver_once(&sb, &subject, &url, &xml, deadline, attempt).await {
                 return;
             }
             let Some(wait) = RETRY_SCHEDULE_SECS.get(attempt - 1) else {
-                tracing::warn!(%out_trade_no, attempt, "sandbox gave up notifying");
+                tracing::warn!(
+                    out_trade_no = subject.order(),
+                    out_refund_no = subject.refund(),
+                    attempt,
+                    "sandbox gave up notifying"
+                );
                 return;
             };
             actix_rt::time::sleep(Duration::from_secs_f64(*wait as f64 * scale)).await;
@@ -60,27 +141,20 @@ pub(super) fn spawn_chain(
 /// One delivery; true when the receiver answered 200 with `return_code` SUCCESS in time.
 async fn deliver_once(
     sb: &Sandbox,
-    out_trade_no: &str,
+    subject: &Subject,
     url: &str,
     xml_body: &str,
     deadline: Duration,
     attempt: usize,
 ) -> bool {
-    let dropped = {
-        let mut st = sb.state();
-        st.attempts += 1;
-        if let Some(o) = st.orders.get_mut(out_trade_no) {
-            o.notify_attempts += 1;
-        }
-        if st.faults.drop_notifications > 0 {
-            st.faults.drop_notifications -= 1;
-            true
-        } else {
-            false
-        }
-    };
+    let dropped = subject.attempt(&mut sb.state());
     if dropped {
-        tracing::info!(%out_trade_no, attempt, "sandbox notification dropped (fault)");
+        tracing::info!(
+            out_trade_no = subject.order(),
+            out_refund_no = subject.refund(),
+            attempt,
+            "sandbox notification dropped (fault)"
+        );
         return false;
     }
     let exchange = async {
@@ -101,27 +175,28 @@ async fn deliver_once(
     };
     let acked = match tokio::time::timeout(deadline, exchange).await {
         Err(_) => {
-            tracing::info!(%out_trade_no, attempt, "sandbox notification: reply too slow");
+            tracing::info!(
+                out_trade_no = subject.order(),
+                out_refund_no = subject.refund(),
+                attempt,
+                "sandbox notification: reply too slow"
+            );
             false
         }
         Ok(Err(e)) => {
-            tracing::info!(%out_trade_no, attempt, error = %e, "sandbox notification: send failed");
+            tracing::info!(out_trade_no = subject.order(), out_refund_no = subject.refund(), attempt, error = %e, "sandbox notification: send failed");
             false
         }
         Ok(Ok((status, body))) => {
             let success = status == actix_web::http::StatusCode::OK
                 && xml::decode(&body)
                     .is_ok_and(|p| p.get("return_code").map(String::as_str) == Some("SUCCESS"));
-            tracing::info!(%out_trade_no, attempt, %status, success, "sandbox notification delivered");
+            tracing::info!(out_trade_no = subject.order(), out_refund_no = subject.refund(), attempt, %status, success, "sandbox notification delivered");
             success
         }
     };
     if acked {
-        let mut st = sb.state();
-        st.acknowledged += 1;
-        if let Some(o) = st.orders.get_mut(out_trade_no) {
-            o.acknowledged = true;
-        }
+        subject.acknowledged(&mut sb.state());
     }
     acked
 }

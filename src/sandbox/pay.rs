@@ -5,6 +5,7 @@ use std::time::Duration;
 use actix_web::{HttpResponse, web};
 use chrono::NaiveDateTime;
 use rand::Rng;
+use secrecy::ExposeSecret;
 
 use super::Sandbox;
 use super::state::{SimOrder, SimTradeState};
@@ -31,13 +32,13 @@ impl Api {
 }
 
 /// A request that passed the communication-level checks (XML, merchant, signature).
-struct Verified {
-    params: Params,
-    sign_type: SignType,
+pub(super) struct Verified {
+    pub params: Params,
+    pub sign_type: SignType,
 }
 
 /// A reply to send: unsigned `return_code=FAIL`, or a signed business result.
-enum Reply {
+pub(super) enum Reply {
     /// return_code FAIL: WeChat does not sign these. `err_code` is an extension that
     /// lets clients tell SIGNERROR etc. apart.
     CommFail { code: &'static str, msg: String },
@@ -47,7 +48,7 @@ enum Reply {
     Ok(Params),
 }
 
-fn xml_response(body: String) -> HttpResponse {
+pub(super) fn xml_response(body: String) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/xml; charset=utf-8")
         .body(body)
@@ -83,11 +84,11 @@ pub(super) async fn handle(
     xml_response(out)
 }
 
-fn lack(field: &str) -> String {
+pub(super) fn lack(field: &str) -> String {
     format!("缺少参数{field}")
 }
 
-fn nonempty<'a>(p: &'a Params, k: &str) -> Option<&'a str> {
+pub(super) fn nonempty<'a>(p: &'a Params, k: &str) -> Option<&'a str> {
     p.get(k).map(String::as_str).filter(|v| !v.is_empty())
 }
 
@@ -102,14 +103,15 @@ fn valid_out_trade_no(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'|' | b'*'))
 }
 
-fn parse_time(s: &str) -> Option<NaiveDateTime> {
+/// WeChat's `yyyyMMddHHmmss`.
+pub(super) fn parse_time(s: &str) -> Option<NaiveDateTime> {
     if s.len() != 14 {
         return None;
     }
     NaiveDateTime::parse_from_str(s, "%Y%m%d%H%M%S").ok()
 }
 
-fn random_digits(n: usize) -> String {
+pub(super) fn random_digits(n: usize) -> String {
     let mut rng = rand::rng();
     (0..n)
         .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
@@ -131,7 +133,7 @@ pub(super) fn new_transaction_id() -> String {
 impl Sandbox {
     /// XML, required envelope fields, merchant, signature (with the request's sign_type,
     /// MD5 when absent — the server side never guesses). Failures here are unsigned.
-    fn check_request(&self, body: &[u8]) -> Result<Verified, Reply> {
+    pub(super) fn check_request(&self, body: &[u8]) -> Result<Verified, Reply> {
         if body.is_empty() {
             return Err(Reply::CommFail {
                 code: "POST_DATA_EMPTY",
@@ -164,7 +166,7 @@ impl Sandbox {
                 msg: "sign_type参数错误".into(),
             })?,
         };
-        let expected = sign::sign(&params, &cfg.api_key, sign_type);
+        let expected = sign::sign(&params, cfg.api_key.expose_secret(), sign_type);
         let got = params.get("sign").map(String::as_str).unwrap_or("");
         if !sign::constant_time_eq(expected.as_bytes(), got.as_bytes()) {
             return Err(Reply::CommFail {
@@ -175,20 +177,28 @@ impl Sandbox {
         Ok(Verified { params, sign_type })
     }
 
+    /// The appid must be the one bound to our mch_id (every pay and secapi call).
+    pub(super) fn check_appid(&self, v: &Verified) -> Result<(), Reply> {
+        if v.params.get("appid") == Some(&self.inner.cfg.app_id) {
+            return Ok(());
+        }
+        let appid = v.params.get("appid").map(String::as_str).unwrap_or("");
+        Err(if looks_like_appid(appid) {
+            Reply::BizFail {
+                code: "APPID_MCHID_NOT_MATCH",
+                des: "appid和mch_id不匹配".into(),
+            }
+        } else {
+            Reply::BizFail {
+                code: "APPID_NOT_EXIST",
+                des: "APPID不存在".into(),
+            }
+        })
+    }
+
     fn process(&self, api: Api, v: &Verified) -> Reply {
-        if v.params.get("appid") != Some(&self.inner.cfg.app_id) {
-            let appid = v.params.get("appid").map(String::as_str).unwrap_or("");
-            return if looks_like_appid(appid) {
-                Reply::BizFail {
-                    code: "APPID_MCHID_NOT_MATCH",
-                    des: "appid和mch_id不匹配".into(),
-                }
-            } else {
-                Reply::BizFail {
-                    code: "APPID_NOT_EXIST",
-                    des: "APPID不存在".into(),
-                }
-            };
+        if let Err(reply) = self.check_appid(v) {
+            return reply;
         }
         {
             let mut st = self.state();
@@ -287,10 +297,10 @@ impl Sandbox {
                     code: "ORDERCLOSED",
                     des: "该订单已关闭".into(),
                 },
-                SimTradeState::NotPay if order.business == business => {
+                SimTradeState::NotPay | SimTradeState::UserPaying if order.business == business => {
                     Reply::Ok(prepay_fields(trade_type, &order.prepay_id))
                 }
-                SimTradeState::NotPay => Reply::BizFail {
+                SimTradeState::NotPay | SimTradeState::UserPaying => Reply::BizFail {
                     code: "OUT_TRADE_NO_USED",
                     des: "商户订单号重复".into(),
                 },
@@ -377,7 +387,9 @@ impl Sandbox {
                 code: "ORDERCLOSED",
                 des: "订单已关闭，无法重复关闭".into(),
             },
-            SimTradeState::NotPay => {
+            // A payment in progress is closed too: the simulator does not shield a merchant
+            // that closes without asking first, so that tests can see one that does.
+            SimTradeState::NotPay | SimTradeState::UserPaying => {
                 // WeChat's 5-minute minimum before closing is not enforced: tests need it fast.
                 order.trade_state = SimTradeState::Closed;
                 let mut f = Params::new();
@@ -389,7 +401,7 @@ impl Sandbox {
 
     /// FAIL replies are unsigned; everything else is signed with the request's sign_type and
     /// echoes its appid/mch_id.
-    fn render(&self, reply: Reply, verified: Option<&Verified>) -> String {
+    pub(super) fn render(&self, reply: Reply, verified: Option<&Verified>) -> String {
         let mut f = Params::new();
         let (fields, result) = match reply {
             Reply::CommFail { code, msg } if verified.is_none() => {
@@ -423,7 +435,7 @@ impl Sandbox {
             }
         }
         f.insert("nonce_str".into(), sign::nonce());
-        let s = sign::sign(&f, &self.inner.cfg.api_key, v.sign_type);
+        let s = sign::sign(&f, self.inner.cfg.api_key.expose_secret(), v.sign_type);
         f.insert("sign".into(), s);
         xml::encode(&f)
     }

@@ -1,12 +1,13 @@
 //! `/simulate/*`: drive the simulated WeChat from tests (pay, faults, inspection).
 
 use actix_web::{HttpResponse, web};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::Sandbox;
-use super::notifier;
-use super::pay::{new_transaction_id, paid_fields};
+use super::notifier::{self, Subject};
+use super::pay::{new_transaction_id, paid_fields, parse_time};
 use super::state::{Faults, SimTradeState};
 use crate::wechat::Params;
 use crate::wechat::client::format_beijing;
@@ -21,6 +22,13 @@ pub(super) struct PayQuery {
     delay_ms: u64,
     #[serde(default = "yes")]
     notify: bool,
+    /// The user opens the payment and has not finished it: orderquery answers USERPAYING and
+    /// nothing is notified until a later pay without this flag completes the payment.
+    #[serde(default)]
+    userpaying: bool,
+    /// WeChat's `time_end` (`yyyyMMddHHmmss`, Beijing) instead of now: a payment just before
+    /// midnight, or on the day a bill is asked for.
+    time_end: Option<String>,
 }
 
 fn yes() -> bool {
@@ -37,6 +45,12 @@ pub(super) async fn pay(
 ) -> HttpResponse {
     let out_trade_no = path.into_inner();
     let cfg = sb.config().clone();
+    if let Some(t) = q.time_end.as_deref()
+        && parse_time(t).is_none()
+    {
+        return HttpResponse::BadRequest()
+            .json(json!({ "error": "time_end must be yyyyMMddHHmmss", "time_end": t }));
+    }
     let delivery = {
         let mut st = sb.state();
         let Some(order) = st.orders.get_mut(&out_trade_no) else {
@@ -47,11 +61,34 @@ pub(super) async fn pay(
             return HttpResponse::Conflict()
                 .json(json!({ "error": "ORDERCLOSED", "out_trade_no": out_trade_no }));
         }
-        let newly_paid = order.trade_state == SimTradeState::NotPay;
+        if q.userpaying {
+            return match order.trade_state {
+                SimTradeState::NotPay | SimTradeState::UserPaying => {
+                    order.trade_state = SimTradeState::UserPaying;
+                    tracing::info!(%out_trade_no, "sandbox payment started (USERPAYING)");
+                    HttpResponse::Ok().json(json!({
+                        "out_trade_no": out_trade_no,
+                        "trade_state": order.trade_state.as_str(),
+                        "notification_chains": 0,
+                    }))
+                }
+                // Paid already (a closed order was refused above).
+                _ => HttpResponse::Conflict()
+                    .json(json!({ "error": "ORDERPAID", "out_trade_no": out_trade_no })),
+            };
+        }
+        let newly_paid = matches!(
+            order.trade_state,
+            SimTradeState::NotPay | SimTradeState::UserPaying
+        );
         if newly_paid {
             order.trade_state = SimTradeState::Success;
             order.transaction_id = Some(new_transaction_id());
-            order.time_end = Some(format_beijing(chrono::Utc::now()));
+            order.time_end = Some(
+                q.time_end
+                    .clone()
+                    .unwrap_or_else(|| format_beijing(chrono::Utc::now())),
+            );
         }
         let tx = order.transaction_id.clone().unwrap_or_default();
         let mut fields: Params = paid_fields(order);
@@ -81,10 +118,15 @@ pub(super) async fn pay(
         // Each copy gets its own nonce, like notifications from different WeChat servers.
         let mut f = fields.clone();
         f.insert("nonce_str".into(), sign::nonce());
-        let xml = build_notification(&f, &cfg.api_key, sign_type, cfg.notify_sign_type_field);
+        let xml = build_notification(
+            &f,
+            cfg.api_key.expose_secret(),
+            sign_type,
+            cfg.notify_sign_type_field,
+        );
         notifier::spawn_chain(
             sb.get_ref().clone(),
-            out_trade_no.clone(),
+            Subject::Order(out_trade_no.clone()),
             url.clone(),
             xml,
             std::time::Duration::from_millis(q.delay_ms),

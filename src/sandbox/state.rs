@@ -10,6 +10,8 @@ use crate::wechat::sign::SignType;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum SimTradeState {
     NotPay,
+    /// The user has opened the payment and not finished it (`?userpaying=true`).
+    UserPaying,
     Success,
     Closed,
 }
@@ -18,6 +20,7 @@ impl SimTradeState {
     pub(super) fn as_str(self) -> &'static str {
         match self {
             SimTradeState::NotPay => "NOTPAY",
+            SimTradeState::UserPaying => "USERPAYING",
             SimTradeState::Success => "SUCCESS",
             SimTradeState::Closed => "CLOSED",
         }
@@ -26,6 +29,7 @@ impl SimTradeState {
     pub(super) fn desc(self) -> &'static str {
         match self {
             SimTradeState::NotPay => "订单未支付",
+            SimTradeState::UserPaying => "用户支付中",
             SimTradeState::Success => "支付成功",
             SimTradeState::Closed => "订单已关闭",
         }
@@ -72,4 +76,7 @@ pub(super) struct State {
     pub attempts: u64,
     pub acknowledged: u64,
     pub pending_chains: u64,
+    /// Refunds, their faults and notification counters (`refund.rs`).
+    pub refunds: super::refund::RefundBook,
+    pub bill_faults: super::bill::BillFaults,
 }

@@ -9,6 +9,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use secrecy::ExposeSecret;
+
 use crate::metrics::Metrics;
 use crate::money::Fen;
 use crate::order::actor::{
@@ -18,7 +20,7 @@ use crate::order::number::OrderNumbers;
 use crate::order::registry::OrderRegistry;
 use crate::store::orders::{self, NewOrder, OrderRow};
 use crate::store::{DbPool, StoreError, now_ms, packages, users};
-use crate::wechat::client::{WechatClient, WechatConfig, WechatError};
+use crate::wechat::client::{PayCredentials, WechatClient, WechatError};
 use crate::wechat::pay_params::{self, PayParams};
 use crate::wechat::sign;
 
@@ -84,9 +86,9 @@ impl OrderService {
         }
     }
 
-    /// The WeChat Pay configuration a notification is authenticated against, when configured.
-    pub fn pay_config(&self) -> Option<&WechatConfig> {
-        self.pay.as_ref().map(WechatClient::config)
+    /// The merchant credentials a notification is authenticated against, when configured.
+    pub fn pay_credentials(&self) -> Option<&PayCredentials> {
+        self.pay.as_ref().map(WechatClient::credentials)
     }
 
     /// How many order actors are alive, for the metrics.
@@ -157,12 +159,12 @@ impl OrderService {
             .prepay_id
             .as_deref()
             .ok_or_else(|| CreateOrderError::NoPrepayId(order_no.clone()))?;
-        let cfg = pay.config();
+        let creds = pay.credentials();
         let pay_params = pay_params::build(
-            &cfg.app_id,
+            &creds.app_id,
             prepay_id,
-            &cfg.api_key,
-            cfg.sign_type,
+            creds.api_key.expose_secret(),
+            creds.sign_type,
             chrono::Utc::now().timestamp(),
             &sign::nonce(),
         );

@@ -189,7 +189,19 @@ pub struct RetryLabels {
     pub reason: String,
 }
 
-static RETRIES: LazyLock<Family<RetryLabels, Counter>> = LazyLock::new(Family::default);
+/// Every reason [`retry_reason`] gives, exposed at 0 from the start so that a dashboard or an
+/// alert sees the series before the first retry.
+const REASONS: [&str; 3] = ["deadlock", "wsrep_not_ready", "connection_lost"];
+
+static RETRIES: LazyLock<Family<RetryLabels, Counter>> = LazyLock::new(|| {
+    let f = Family::<RetryLabels, Counter>::default();
+    for r in REASONS {
+        let _ = f.get_or_create(&RetryLabels {
+            reason: r.to_string(),
+        });
+    }
+    f
+});
 
 /// `coinpay_db_retries_total{reason}`: the store has no handle on the app's metrics, so the
 /// counter lives here and the metrics registry exposes it (see `Metrics::new`).

@@ -157,6 +157,16 @@ pub enum Posted {
 }
 
 impl Posted {
+    /// What the balance change (`moved`) and the balance read after it (`None`: no such user)
+    /// come to.
+    fn from(moved: bool, balance: Option<Coins>) -> Posted {
+        match (moved, balance) {
+            (true, Some(after)) => Posted::Applied(after),
+            (false, Some(balance)) => Posted::Insufficient(balance),
+            (_, None) => Posted::NoUser,
+        }
+    }
+
     /// The balance after a posting that must apply (a payment's credit): anything else is an
     /// error, which rolls the caller's transaction back.
     pub fn applied(self) -> QueryResult<Coins> {
@@ -201,28 +211,22 @@ fn insert_row(e: &Entry, balance_after: Coins) -> impl Statement + '_ {
 pub fn post_blocking(c: &mut SqliteConnection, e: &Entry) -> QueryResult<Posted> {
     let moved = super::execute_blocking(move_balance(e), c)? > 0;
     let balance = diesel::RunQueryDsl::first(balance_of(e.user_id), c).optional()?;
-    Ok(match (moved, balance) {
-        (true, Some(after)) => {
-            super::execute_blocking(insert_row(e, after), c)?;
-            Posted::Applied(after)
-        }
-        (false, Some(balance)) => Posted::Insufficient(balance),
-        (_, None) => Posted::NoUser,
-    })
+    let posted = Posted::from(moved, balance);
+    if let Posted::Applied(after) = posted {
+        super::execute_blocking(insert_row(e, after), c)?;
+    }
+    Ok(posted)
 }
 
 /// Posts `e` inside the caller's transaction, with diesel-async (MySQL).
 pub async fn post(c: &mut AsyncMysqlConnection, e: &Entry) -> QueryResult<Posted> {
     let moved = move_balance(e).execute(c).await? > 0;
     let balance = balance_of(e.user_id).first(c).await.optional()?;
-    Ok(match (moved, balance) {
-        (true, Some(after)) => {
-            insert_row(e, after).execute(c).await?;
-            Posted::Applied(after)
-        }
-        (false, Some(balance)) => Posted::Insufficient(balance),
-        (_, None) => Posted::NoUser,
-    })
+    let posted = Posted::from(moved, balance);
+    if let Posted::Applied(after) = posted {
+        insert_row(e, after).execute(c).await?;
+    }
+    Ok(posted)
 }
 
 /// Posts `e` in a transaction of its own: on SQLite in the writer's turn, on MySQL on a pooled

@@ -14,6 +14,7 @@ pub mod ledger;
 pub mod orders;
 pub mod packages;
 pub mod schema;
+pub mod stats;
 pub mod users;
 pub mod writer;
 
@@ -30,6 +31,9 @@ use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
+use secrecy::ExposeSecret;
+
+use crate::config::DbUrl;
 
 pub type SqliteConn = SyncConnectionWrapper<diesel::SqliteConnection>;
 
@@ -280,10 +284,6 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn sqlite_path(url: &str) -> &str {
-    url.strip_prefix("sqlite://").unwrap_or(url)
-}
-
 /// FULL: a notification is acknowledged only after its commit is on disk.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
      PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
@@ -303,57 +303,61 @@ fn sqlite_setup(
 }
 
 impl DbPool {
-    pub async fn connect(url: &str, size: u32) -> Result<Self, StoreError> {
-        if url.starts_with("mysql://") {
-            let nodes = galera::Nodes::parse(url)?;
-            let first = nodes.first().to_string();
-            let mut cfg = ManagerConfig::<AsyncMysqlConnection>::default();
-            let setup = nodes.clone();
-            // Every new connection goes to a node that is up and, on Galera, synced in the
-            // primary component; the manager's own URL is only the first node's.
-            cfg.custom_setup = Box::new(move |_| {
-                let nodes = setup.clone();
-                async move { nodes.connect().await }.boxed()
-            });
-            let mgr =
-                AsyncDieselConnectionManager::<AsyncMysqlConnection>::new_with_config(first, cfg);
-            // Checked by MysqlPool::get instead (see there).
-            let pool = Pool::builder()
-                .max_size(size)
-                .connection_timeout(std::time::Duration::from_secs(5))
+    pub async fn connect(url: &DbUrl, size: u32) -> Result<Self, StoreError> {
+        match url {
+            DbUrl::Mysql(url) => Self::connect_mysql(url.expose_secret(), size).await,
+            DbUrl::Sqlite(path) => Self::connect_sqlite(&path.to_string_lossy(), size).await,
+        }
+    }
+
+    async fn connect_mysql(url: &str, size: u32) -> Result<Self, StoreError> {
+        let nodes = galera::Nodes::parse(url)?;
+        let first = nodes.first().to_string();
+        let mut cfg = ManagerConfig::<AsyncMysqlConnection>::default();
+        // Every new connection goes to a node that is up and, on Galera, synced in the
+        // primary component; the manager's own URL is only the first node's.
+        cfg.custom_setup = Box::new(move |_| {
+            let nodes = nodes.clone();
+            async move { nodes.connect().await }.boxed()
+        });
+        let mgr = AsyncDieselConnectionManager::<AsyncMysqlConnection>::new_with_config(first, cfg);
+        // Checked by MysqlPool::get instead (see there).
+        let pool = Pool::builder()
+            .max_size(size)
+            .connection_timeout(std::time::Duration::from_secs(5))
+            .test_on_check_out(false)
+            .build(mgr)
+            .await
+            .map_err(|e| StoreError::Connection(e.to_string()))?;
+        Ok(DbPool::Mysql(MysqlPool {
+            pool,
+            gate: std::sync::Arc::new(tokio::sync::Semaphore::new(size as usize)),
+            attempts: CHECKOUT_ATTEMPTS.max(size as usize + 1),
+        }))
+    }
+
+    async fn connect_sqlite(path: &str, size: u32) -> Result<Self, StoreError> {
+        ensure_parent_dir(path)?;
+        let build = |n: u32| {
+            let mut cfg = ManagerConfig::<SqliteConn>::default();
+            cfg.custom_setup = Box::new(sqlite_setup);
+            let mgr = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path, cfg);
+            // No `SELECT 1` at every checkout: a local file connection does not go stale
+            // the way a network one does, and the check would be one more blocking hand-over
+            // per read.
+            Pool::builder()
+                .max_size(n)
+                .connection_timeout(std::time::Duration::from_secs(10))
                 .test_on_check_out(false)
                 .build(mgr)
-                .await
-                .map_err(|e| StoreError::Connection(e.to_string()))?;
-            Ok(DbPool::Mysql(MysqlPool {
-                pool,
-                gate: std::sync::Arc::new(tokio::sync::Semaphore::new(size as usize)),
-                attempts: CHECKOUT_ATTEMPTS.max(size as usize + 1),
-            }))
-        } else {
-            let path = sqlite_path(url).to_string();
-            ensure_parent_dir(&path)?;
-            let build = |n: u32| {
-                let mut cfg = ManagerConfig::<SqliteConn>::default();
-                cfg.custom_setup = Box::new(sqlite_setup);
-                let mgr = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(&path, cfg);
-                // No `SELECT 1` at every checkout: a local file connection does not go stale
-                // the way a network one does, and the check would be one more blocking
-                // hand-over per read.
-                Pool::builder()
-                    .max_size(n)
-                    .connection_timeout(std::time::Duration::from_secs(10))
-                    .test_on_check_out(false)
-                    .build(mgr)
-            };
-            let read = build(size.max(1))
-                .await
-                .map_err(|e| StoreError::Connection(e.to_string()))?;
-            Ok(DbPool::Sqlite {
-                read,
-                writer: writer::Writer::start(&path)?,
-            })
-        }
+        };
+        let read = build(size.max(1))
+            .await
+            .map_err(|e| StoreError::Connection(e.to_string()))?;
+        Ok(DbPool::Sqlite {
+            read,
+            writer: writer::Writer::start(path)?,
+        })
     }
 
     pub fn backend(&self) -> &'static str {
@@ -395,8 +399,8 @@ fn ensure_parent_dir(path: &str) -> Result<(), StoreError> {
 /// Applies the embedded migrations of the URL's dialect; returns how many ran (0 on a second
 /// run). Runs on a blocking thread: the migration harness blocks, and actix's runtime is
 /// current-thread.
-pub async fn run_migrations(url: &str) -> Result<usize, StoreError> {
-    let url = url.to_string();
+pub async fn run_migrations(url: &DbUrl) -> Result<usize, StoreError> {
+    let url = url.clone();
     tokio::task::spawn_blocking(move || migrate_blocking(&url))
         .await
         .map_err(|e| StoreError::Migration(e.to_string()))?
@@ -420,71 +424,82 @@ fn mysql_blocking_connection(
     Err(StoreError::Connection(last))
 }
 
-fn migrate_blocking(url: &str) -> Result<usize, StoreError> {
+fn migrate_blocking(url: &DbUrl) -> Result<usize, StoreError> {
     let mig = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
-    if url.starts_with("mysql://") {
+    match url {
         // GET_LOCK keeps instances on one server from racing on DDL (MySQL DDL is not
         // transactional), but on Galera it is local to one node: an instance on another node
         // may apply the same migration meanwhile, and one of them fails ("already exists").
         // Then the loser reads the applied set again and carries on from there.
-        let mut attempt = 0;
-        loop {
-            let mut c = mysql_blocking_connection(url)?;
-            SimpleConnection::batch_execute(&mut c, "DO GET_LOCK('coinpay_migrations', 120)")?;
-            let r = c.run_pending_migrations(MYSQL_MIGRATIONS).map(|v| v.len());
-            let _ =
-                SimpleConnection::batch_execute(&mut c, "DO RELEASE_LOCK('coinpay_migrations')");
-            match r {
-                Ok(n) => return Ok(n),
-                Err(e) if attempt < MIGRATION_RETRIES => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "migration failed (another instance may be applying it); reading the applied set again");
-                    std::thread::sleep(galera::backoff(attempt + 4));
+        DbUrl::Mysql(url) => {
+            let mut attempt = 0;
+            loop {
+                let mut c = mysql_blocking_connection(url.expose_secret())?;
+                SimpleConnection::batch_execute(&mut c, "DO GET_LOCK('coinpay_migrations', 120)")?;
+                let r = c.run_pending_migrations(MYSQL_MIGRATIONS).map(|v| v.len());
+                let _ = SimpleConnection::batch_execute(
+                    &mut c,
+                    "DO RELEASE_LOCK('coinpay_migrations')",
+                );
+                match r {
+                    Ok(n) => return Ok(n),
+                    Err(e) if attempt < MIGRATION_RETRIES => {
+                        attempt += 1;
+                        tracing::warn!(error = %e, attempt, "migration failed (another instance may be applying it); reading the applied set again");
+                        std::thread::sleep(galera::backoff(attempt + 4));
+                    }
+                    Err(e) => return Err(mig(e)),
                 }
-                Err(e) => return Err(mig(e)),
             }
         }
-    } else {
-        use diesel::Connection;
-        let path = sqlite_path(url);
-        ensure_parent_dir(path)?;
-        let mut c = <AsyncConnectionWrapper<SqliteConn> as Connection>::establish(path)
-            .map_err(|e| StoreError::Connection(e.to_string()))?;
-        SimpleConnection::batch_execute(
-            &mut c,
-            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;",
-        )?;
-        c.run_pending_migrations(SQLITE_MIGRATIONS)
-            .map(|v| v.len())
-            .map_err(mig)
+        DbUrl::Sqlite(path) => {
+            use diesel::Connection;
+            let path = path.to_string_lossy();
+            ensure_parent_dir(&path)?;
+            let mut c = <AsyncConnectionWrapper<SqliteConn> as Connection>::establish(&path)
+                .map_err(|e| StoreError::Connection(e.to_string()))?;
+            SimpleConnection::batch_execute(
+                &mut c,
+                "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;",
+            )?;
+            c.run_pending_migrations(SQLITE_MIGRATIONS)
+                .map(|v| v.len())
+                .map_err(mig)
+        }
     }
 }
 
 /// How many embedded migrations have not been applied yet (for check-config).
-pub async fn pending_migrations(url: &str) -> Result<usize, StoreError> {
-    let url = url.to_string();
+pub async fn pending_migrations(url: &DbUrl) -> Result<usize, StoreError> {
+    let url = url.clone();
     tokio::task::spawn_blocking(move || {
         use diesel::Connection;
         let mig =
             |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
-        if url.starts_with("mysql://") {
-            let mut c = mysql_blocking_connection(&url)?;
-            c.pending_migrations(MYSQL_MIGRATIONS)
-                .map(|v| v.len())
-                .map_err(mig)
-        } else {
-            let path = sqlite_path(&url);
-            if !std::path::Path::new(path).exists() {
-                use diesel::migration::MigrationSource;
-                return MigrationSource::<diesel::sqlite::Sqlite>::migrations(&SQLITE_MIGRATIONS)
+        match &url {
+            DbUrl::Mysql(url) => {
+                let mut c = mysql_blocking_connection(url.expose_secret())?;
+                c.pending_migrations(MYSQL_MIGRATIONS)
+                    .map(|v| v.len())
+                    .map_err(mig)
+            }
+            DbUrl::Sqlite(path) => {
+                if !path.exists() {
+                    use diesel::migration::MigrationSource;
+                    return MigrationSource::<diesel::sqlite::Sqlite>::migrations(
+                        &SQLITE_MIGRATIONS,
+                    )
                     .map(|v| v.len())
                     .map_err(mig);
-            }
-            let mut c = <AsyncConnectionWrapper<SqliteConn> as Connection>::establish(path)
+                }
+                let mut c = <AsyncConnectionWrapper<SqliteConn> as Connection>::establish(
+                    &path.to_string_lossy(),
+                )
                 .map_err(|e| StoreError::Connection(e.to_string()))?;
-            c.pending_migrations(SQLITE_MIGRATIONS)
-                .map(|v| v.len())
-                .map_err(mig)
+                c.pending_migrations(SQLITE_MIGRATIONS)
+                    .map(|v| v.len())
+                    .map_err(mig)
+            }
         }
     })
     .await

@@ -230,26 +230,22 @@ impl Transition {
     /// False when the compare-and-set matched no row: then nothing was written.
     fn write_blocking(&self, c: &mut SqliteConnection) -> QueryResult<bool> {
         c.transaction(|c| {
-            if super::execute_blocking(self.compare_and_set(), c)? == 0 {
-                return Ok(false);
-            }
-            if let Some(credit) = &self.credit {
+            let moved = super::execute_blocking(self.compare_and_set(), c)? > 0;
+            if let (true, Some(credit)) = (moved, &self.credit) {
                 ledger::post_blocking(c, credit)?.applied()?;
             }
-            Ok(true)
+            Ok(moved)
         })
     }
 
     /// As [`Self::write_blocking`], on MySQL.
     async fn write(&self, c: &mut AsyncMysqlConnection) -> QueryResult<bool> {
         c.transaction(async |c| {
-            if self.compare_and_set().execute(c).await? == 0 {
-                return Ok(false);
-            }
-            if let Some(credit) = &self.credit {
+            let moved = self.compare_and_set().execute(c).await? > 0;
+            if let (true, Some(credit)) = (moved, &self.credit) {
                 ledger::post(c, credit).await?.applied()?;
             }
-            Ok(true)
+            Ok(moved)
         })
         .await
     }

@@ -9,6 +9,7 @@ use diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection}
 use super::ledger::{self, Entry, LedgerKind, Posted};
 use super::orders::{self, NewOrder, OrderRow};
 use super::{DbPool, StoreError, now_ms, users};
+use crate::config::DbUrl;
 use crate::money::{Coins, Fen};
 use crate::order::state::{Effect, OrderStatus};
 
@@ -25,8 +26,9 @@ fn services_required() -> bool {
 
 impl TestStore {
     async fn open(url: &str, dir: Option<tempfile::TempDir>) -> TestStore {
-        super::run_migrations(url).await.expect("migrate");
-        let pool = DbPool::connect(url, 4).await.expect("pool");
+        let url: DbUrl = url.parse().expect("a database URL");
+        super::run_migrations(&url).await.expect("migrate");
+        let pool = DbPool::connect(&url, 4).await.expect("pool");
         TestStore { pool, _dir: dir }
     }
 

@@ -1,4 +1,13 @@
-//! HTTP client for unifiedorder / orderquery / closeorder (§2, §5, §6) and jscode2session (§7).
+//! HTTP clients for WeChat: [`WechatClient`] for unifiedorder / orderquery / closeorder
+//! (§2, §5, §6) and [`LoginClient`] for jscode2session (§7).
+//!
+//! They are two types because a deployment may have one set of credentials without the
+//! other (login works with an app id and secret alone), and each client is built only from
+//! complete credentials: a missing key is settled once, by `config`, instead of being
+//! re-checked on every call.
+//!
+//! Refunds (`refund.rs`) and bills (`bill.rs`) add their calls in `impl WechatClient` blocks of
+//! their own; TLS settings (client certificate, extra root) come from `tls.rs`.
 //!
 //! The returned futures are `!Send` (awc): run them on an actix/tokio local runtime, as actix
 //! handlers and actors do.
@@ -9,22 +18,37 @@ use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
 use chrono::{DateTime, FixedOffset, Utc};
+use secrecy::{ExposeSecret, SecretString};
 
 use super::Params;
 use super::sign::{self, SignType};
+use super::tls::PayTls;
 use super::xml::{self, MAX_BODY};
 
-#[derive(Clone)]
-pub struct WechatConfig {
+/// The merchant account that signs every pay call and notification (§1). Whole or absent:
+/// `config` builds one only when all of it is set.
+#[derive(Clone, Debug)]
+pub struct PayCredentials {
     pub app_id: String,
-    pub app_secret: String,
     pub mch_id: String,
-    pub api_key: String,
+    /// The API v2 key (API密钥): signs requests, verifies replies and notifications.
+    pub api_key: SecretString,
     pub sign_type: SignType,
+}
+
+/// The mini-program's identity for jscode2session (§7).
+#[derive(Clone, Debug)]
+pub struct LoginCredentials {
+    pub app_id: String,
+    pub app_secret: SecretString,
+}
+
+/// What [`WechatClient`] needs.
+#[derive(Clone, Debug)]
+pub struct WechatConfig {
+    pub credentials: PayCredentials,
     /// e.g. `https://api.mch.weixin.qq.com` (no trailing path).
     pub pay_api_base: String,
-    /// e.g. `https://api.weixin.qq.com`.
-    pub api_base: String,
     pub notify_url: String,
     /// Per attempt, covering connect, send and reading the body.
     pub timeout: Duration,
@@ -32,33 +56,25 @@ pub struct WechatConfig {
     pub max_retries: u32,
 }
 
-// Hand-written so secrets never reach logs through `{:?}`.
-impl std::fmt::Debug for WechatConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WechatConfig")
-            .field("app_id", &self.app_id)
-            .field("app_secret", &"<redacted>")
-            .field("mch_id", &self.mch_id)
-            .field("api_key", &"<redacted>")
-            .field("sign_type", &self.sign_type)
-            .field("pay_api_base", &self.pay_api_base)
-            .field("api_base", &self.api_base)
-            .field("notify_url", &self.notify_url)
-            .field("timeout", &self.timeout)
-            .field("max_retries", &self.max_retries)
-            .finish()
-    }
+/// What [`LoginClient`] needs.
+#[derive(Clone, Debug)]
+pub struct LoginConfig {
+    pub credentials: LoginCredentials,
+    /// e.g. `https://api.weixin.qq.com`.
+    pub api_base: String,
+    /// Per attempt, covering connect, send and reading the body.
+    pub timeout: Duration,
+    /// Extra attempts after the first for retryable failures.
+    pub max_retries: u32,
 }
 
-/// `(api, outcome, latency)`: api is unifiedorder|orderquery|closeorder|jscode2session, outcome
-/// is ok|business_error|bad_signature|transport_error|timeout|protocol_error. Called once per
+/// `(api, outcome, latency)`: api is unifiedorder|orderquery|closeorder|jscode2session|refund|
+/// refundquery|downloadbill, outcome is ok|business_error|bad_signature|transport_error|timeout|protocol_error. Called once per
 /// public call (after retries), with the total latency.
 pub type CallObserver = Arc<dyn Fn(&'static str, &'static str, Duration) + Send + Sync>;
 
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub enum WechatError {
-    #[error("WeChat credentials are not configured")]
-    NotConfigured,
     #[error("transport error: {0}")]
     Transport(String),
     #[error("request timed out")]
@@ -80,16 +96,13 @@ impl WechatError {
             WechatError::Transport(_) | WechatError::Timeout => false,
             WechatError::Business { code, .. } => code != "SYSTEMERROR",
             WechatError::Login { errcode, .. } => !matches!(errcode, -1 | 45011),
-            WechatError::NotConfigured | WechatError::Protocol(_) | WechatError::BadSignature => {
-                true
-            }
+            WechatError::Protocol(_) | WechatError::BadSignature => true,
         }
     }
 
     /// Code to show clients: WeChat's err_code / errcode, or our own for local failures.
     pub fn code(&self) -> String {
         match self {
-            WechatError::NotConfigured => "NOT_CONFIGURED".into(),
             WechatError::Transport(_) => "TRANSPORT_ERROR".into(),
             WechatError::Timeout => "TIMEOUT".into(),
             WechatError::Protocol(_) => "PROTOCOL_ERROR".into(),
@@ -106,7 +119,7 @@ impl WechatError {
             WechatError::BadSignature => "bad_signature",
             WechatError::Transport(_) => "transport_error",
             WechatError::Timeout => "timeout",
-            WechatError::Protocol(_) | WechatError::NotConfigured => "protocol_error",
+            WechatError::Protocol(_) => "protocol_error",
         }
     }
 
@@ -226,162 +239,37 @@ fn backoff(attempt: u32) -> Duration {
         .min(BACKOFF_MAX)
 }
 
+/// What both clients share: the per-call limits, the metrics hook, and the HTTP exchange
+/// with its retries.
 #[derive(Clone)]
-pub struct WechatClient {
-    cfg: Arc<WechatConfig>,
+pub(super) struct Calls {
+    timeout: Duration,
+    max_retries: u32,
     observer: Option<CallObserver>,
 }
 
-impl std::fmt::Debug for WechatClient {
+impl std::fmt::Debug for Calls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WechatClient")
-            .field("cfg", &self.cfg)
+        f.debug_struct("Calls")
+            .field("timeout", &self.timeout)
+            .field("max_retries", &self.max_retries)
             .field("observer", &self.observer.is_some())
             .finish()
     }
 }
 
-impl WechatClient {
-    pub fn new(cfg: WechatConfig) -> Self {
+impl Calls {
+    fn new(timeout: Duration, max_retries: u32) -> Self {
         install_crypto_provider();
-        WechatClient {
-            cfg: Arc::new(cfg),
+        Calls {
+            timeout,
+            max_retries,
             observer: None,
         }
     }
 
-    pub fn with_observer(mut self, o: CallObserver) -> Self {
-        self.observer = Some(o);
-        self
-    }
-
-    pub fn config(&self) -> &WechatConfig {
-        &self.cfg
-    }
-
-    /// Returns the prepay_id. Re-calling with identical parameters is WeChat's intended
-    /// recovery after SYSTEMERROR or a timeout (§2.4).
-    pub async fn unified_order(&self, req: &UnifiedOrder) -> Result<String, WechatError> {
-        self.observed("unifiedorder", async {
-            let mut f = Params::new();
-            f.insert("body".into(), req.body.clone());
-            f.insert("out_trade_no".into(), req.out_trade_no.clone());
-            f.insert("total_fee".into(), req.total_fee.to_string());
-            f.insert("spbill_create_ip".into(), req.spbill_create_ip.clone());
-            f.insert("notify_url".into(), self.cfg.notify_url.clone());
-            f.insert("trade_type".into(), "JSAPI".into());
-            f.insert("openid".into(), req.openid.clone());
-            f.insert("time_start".into(), format_beijing(req.time_start));
-            f.insert("time_expire".into(), format_beijing(req.time_expire));
-            if let Some(a) = req.attach.as_ref().filter(|a| !a.is_empty()) {
-                f.insert("attach".into(), a.clone());
-            }
-            let resp = self
-                .pay_call("unifiedorder", "/pay/unifiedorder", &req.out_trade_no, f)
-                .await?;
-            resp.get("prepay_id")
-                .filter(|v| !v.is_empty())
-                .cloned()
-                .ok_or_else(|| WechatError::Protocol("prepay_id missing".into()))
-        })
-        .await
-    }
-
-    pub async fn order_query(&self, out_trade_no: &str) -> Result<OrderQuery, WechatError> {
-        self.observed("orderquery", async {
-            let mut f = Params::new();
-            f.insert("out_trade_no".into(), out_trade_no.to_owned());
-            let raw = self
-                .pay_call("orderquery", "/pay/orderquery", out_trade_no, f)
-                .await?;
-            if let Some(no) = raw.get("out_trade_no").filter(|v| !v.is_empty())
-                && no != out_trade_no
-            {
-                return Err(WechatError::Protocol(
-                    "orderquery answered another order".into(),
-                ));
-            }
-            let trade_state = raw
-                .get("trade_state")
-                .filter(|v| !v.is_empty())
-                .map(|s| TradeState::parse(s))
-                .ok_or_else(|| WechatError::Protocol("trade_state missing".into()))?;
-            let total_fee = match raw.get("total_fee").filter(|v| !v.is_empty()) {
-                Some(v) => Some(
-                    v.parse::<i64>()
-                        .map_err(|_| WechatError::Protocol("total_fee not an integer".into()))?,
-                ),
-                None => None,
-            };
-            let opt = |k: &str| raw.get(k).filter(|v| !v.is_empty()).cloned();
-            Ok(OrderQuery {
-                trade_state,
-                transaction_id: opt("transaction_id"),
-                total_fee,
-                time_end: opt("time_end"),
-                raw: raw.clone(),
-            })
-        })
-        .await
-    }
-
-    /// ORDERCLOSED counts as success (idempotent); ORDERPAID is returned as Business.
-    pub async fn close_order(&self, out_trade_no: &str) -> Result<(), WechatError> {
-        self.observed("closeorder", async {
-            let mut f = Params::new();
-            f.insert("out_trade_no".into(), out_trade_no.to_owned());
-            match self
-                .pay_call("closeorder", "/pay/closeorder", out_trade_no, f)
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(WechatError::Business { code, .. }) if code == "ORDERCLOSED" => Ok(()),
-                Err(e) => Err(e),
-            }
-        })
-        .await
-    }
-
-    /// `GET {api_base}/sns/jscode2session`; session_key is deliberately not returned.
-    pub async fn code_to_session(&self, js_code: &str) -> Result<Session, WechatError> {
-        self.observed("jscode2session", async {
-            if self.cfg.app_id.is_empty() || self.cfg.app_secret.is_empty() {
-                return Err(WechatError::NotConfigured);
-            }
-            let base = format!(
-                "{}/sns/jscode2session",
-                self.cfg.api_base.trim_end_matches('/')
-            );
-            let url = url::Url::parse_with_params(
-                &base,
-                [
-                    ("appid", self.cfg.app_id.as_str()),
-                    ("secret", self.cfg.app_secret.as_str()),
-                    ("js_code", js_code),
-                    ("grant_type", "authorization_code"),
-                ],
-            )
-            .map_err(|e| WechatError::Protocol(format!("bad api_base: {e}")))?;
-            let mut attempt = 0u32;
-            loop {
-                let r = match self.send(None, url.as_str()).await {
-                    Ok(body) => parse_session(&body),
-                    Err(e) => Err(e),
-                };
-                match r {
-                    Err(e) if e.retryable() && attempt < self.cfg.max_retries => {
-                        attempt += 1;
-                        tracing::warn!(api = "jscode2session", attempt, error = %e, "retrying");
-                        actix_rt::time::sleep(backoff(attempt)).await;
-                    }
-                    other => return other,
-                }
-            }
-        })
-        .await
-    }
-
-    async fn observed<T>(
+    /// Logs the outcome of one public call and reports it to the observer.
+    pub(super) async fn observed<T>(
         &self,
         api: &'static str,
         fut: impl Future<Output = Result<T, WechatError>>,
@@ -407,40 +295,23 @@ impl WechatClient {
         r
     }
 
-    /// Signs once and resends the very same bytes on every retry (same nonce_str, §2.4).
-    async fn pay_call(
+    /// Runs `attempt` again, after a back-off, while it fails retryably and attempts are
+    /// left; `on_retry` logs each repeat.
+    pub(super) async fn retrying<T, Fut>(
         &self,
-        api: &'static str,
-        path: &str,
-        out_trade_no: &str,
-        mut fields: Params,
-    ) -> Result<Params, WechatError> {
-        let c = &self.cfg;
-        if c.app_id.is_empty() || c.mch_id.is_empty() || c.api_key.is_empty() {
-            return Err(WechatError::NotConfigured);
-        }
-        fields.insert("appid".into(), c.app_id.clone());
-        fields.insert("mch_id".into(), c.mch_id.clone());
-        fields.insert("nonce_str".into(), sign::nonce());
-        if c.sign_type == SignType::HmacSha256 {
-            // Absent means MD5 to WeChat (§1.2).
-            fields.insert("sign_type".into(), c.sign_type.as_str().into());
-        }
-        let s = sign::sign(&fields, &c.api_key, c.sign_type);
-        fields.insert("sign".into(), s);
-        let body = Bytes::from(xml::encode(&fields));
-        let url = format!("{}{}", c.pay_api_base.trim_end_matches('/'), path);
-        let mut attempt = 0u32;
+        mut attempt: impl FnMut() -> Fut,
+        on_retry: impl Fn(u32, &WechatError),
+    ) -> Result<T, WechatError>
+    where
+        Fut: Future<Output = Result<T, WechatError>>,
+    {
+        let mut retries = 0u32;
         loop {
-            let r = match self.send(Some(body.clone()), &url).await {
-                Ok(resp) => self.check_pay_response(&resp),
-                Err(e) => Err(e),
-            };
-            match r {
-                Err(e) if e.retryable() && attempt < c.max_retries => {
-                    attempt += 1;
-                    tracing::warn!(api, out_trade_no, attempt, error = %e, "retrying with identical parameters");
-                    actix_rt::time::sleep(backoff(attempt)).await;
+            match attempt().await {
+                Err(e) if e.retryable() && retries < self.max_retries => {
+                    retries += 1;
+                    on_retry(retries, &e);
+                    actix_rt::time::sleep(backoff(retries)).await;
                 }
                 other => return other,
             }
@@ -449,8 +320,18 @@ impl WechatClient {
 
     /// POST (with body) or GET; the whole exchange is bounded by `timeout`.
     async fn send(&self, body: Option<Bytes>, url: &str) -> Result<Bytes, WechatError> {
-        let timeout = self.cfg.timeout;
-        let client = http_client();
+        self.send_via(&http_client(), body, url, MAX_BODY).await
+    }
+
+    /// [`Self::send`] through `client`, reading at most `limit` bytes of body.
+    pub(super) async fn send_via(
+        &self,
+        client: &awc::Client,
+        body: Option<Bytes>,
+        url: &str,
+        limit: usize,
+    ) -> Result<Bytes, WechatError> {
+        let timeout = self.timeout;
         let exchange = async {
             let req = match body {
                 Some(_) => client
@@ -468,7 +349,7 @@ impl WechatClient {
                 other => WechatError::Transport(other.to_string()),
             })?;
             let status = resp.status();
-            let bytes = resp.body().limit(MAX_BODY).await.map_err(|e| match e {
+            let bytes = resp.body().limit(limit).await.map_err(|e| match e {
                 awc::error::PayloadError::Overflow => {
                     WechatError::Protocol("response body too large".into())
                 }
@@ -486,10 +367,208 @@ impl WechatClient {
             .await
             .map_err(|_| WechatError::Timeout)?
     }
+}
+
+/// The pay API, signed with the merchant's key.
+#[derive(Clone, Debug)]
+pub struct WechatClient {
+    cfg: Arc<WechatConfig>,
+    pub(super) calls: Calls,
+    /// None: the thread's default client (webpki roots, no client certificate).
+    tls: Option<PayTls>,
+}
+
+impl WechatClient {
+    pub fn new(cfg: WechatConfig) -> Self {
+        WechatClient {
+            calls: Calls::new(cfg.timeout, cfg.max_retries),
+            cfg: Arc::new(cfg),
+            tls: None,
+        }
+    }
+
+    /// Every pay call goes through `tls` (its extra root); refunds need its client certificate.
+    pub fn with_tls(mut self, tls: PayTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The awc client for `pay/*`: [`PayTls`]'s when set (extra root), else the default.
+    pub(super) fn plain_http(&self) -> awc::Client {
+        match &self.tls {
+            Some(tls) => tls.plain_client(),
+            None => http_client(),
+        }
+    }
+
+    /// The awc client for `secapi/*`, with the merchant's certificate; None without.
+    pub(super) fn cert_http(&self) -> Option<awc::Client> {
+        self.tls.as_ref().and_then(PayTls::cert_client)
+    }
+
+    pub fn with_observer(mut self, o: CallObserver) -> Self {
+        self.calls.observer = Some(o);
+        self
+    }
+
+    pub fn config(&self) -> &WechatConfig {
+        &self.cfg
+    }
+
+    /// The merchant account this client signs with (notifications are checked against it).
+    pub fn credentials(&self) -> &PayCredentials {
+        &self.cfg.credentials
+    }
+
+    /// Returns the prepay_id. Re-calling with identical parameters is WeChat's intended
+    /// recovery after SYSTEMERROR or a timeout (§2.4).
+    pub async fn unified_order(&self, req: &UnifiedOrder) -> Result<String, WechatError> {
+        self.calls
+            .observed("unifiedorder", async {
+                let mut f = Params::new();
+                f.insert("body".into(), req.body.clone());
+                f.insert("out_trade_no".into(), req.out_trade_no.clone());
+                f.insert("total_fee".into(), req.total_fee.to_string());
+                f.insert("spbill_create_ip".into(), req.spbill_create_ip.clone());
+                f.insert("notify_url".into(), self.cfg.notify_url.clone());
+                f.insert("trade_type".into(), "JSAPI".into());
+                f.insert("openid".into(), req.openid.clone());
+                f.insert("time_start".into(), format_beijing(req.time_start));
+                f.insert("time_expire".into(), format_beijing(req.time_expire));
+                if let Some(a) = req.attach.as_ref().filter(|a| !a.is_empty()) {
+                    f.insert("attach".into(), a.clone());
+                }
+                let resp = self
+                    .pay_call("unifiedorder", "/pay/unifiedorder", &req.out_trade_no, f)
+                    .await?;
+                resp.get("prepay_id")
+                    .filter(|v| !v.is_empty())
+                    .cloned()
+                    .ok_or_else(|| WechatError::Protocol("prepay_id missing".into()))
+            })
+            .await
+    }
+
+    pub async fn order_query(&self, out_trade_no: &str) -> Result<OrderQuery, WechatError> {
+        self.calls
+            .observed("orderquery", async {
+                let mut f = Params::new();
+                f.insert("out_trade_no".into(), out_trade_no.to_owned());
+                let raw = self
+                    .pay_call("orderquery", "/pay/orderquery", out_trade_no, f)
+                    .await?;
+                if let Some(no) = raw.get("out_trade_no").filter(|v| !v.is_empty())
+                    && no != out_trade_no
+                {
+                    return Err(WechatError::Protocol(
+                        "orderquery answered another order".into(),
+                    ));
+                }
+                let trade_state = raw
+                    .get("trade_state")
+                    .filter(|v| !v.is_empty())
+                    .map(|s| TradeState::parse(s))
+                    .ok_or_else(|| WechatError::Protocol("trade_state missing".into()))?;
+                let total_fee =
+                    match raw.get("total_fee").filter(|v| !v.is_empty()) {
+                        Some(v) => Some(v.parse::<i64>().map_err(|_| {
+                            WechatError::Protocol("total_fee not an integer".into())
+                        })?),
+                        None => None,
+                    };
+                let opt = |k: &str| raw.get(k).filter(|v| !v.is_empty()).cloned();
+                Ok(OrderQuery {
+                    trade_state,
+                    transaction_id: opt("transaction_id"),
+                    total_fee,
+                    time_end: opt("time_end"),
+                    raw: raw.clone(),
+                })
+            })
+            .await
+    }
+
+    /// ORDERCLOSED counts as success (idempotent); ORDERPAID is returned as Business.
+    pub async fn close_order(&self, out_trade_no: &str) -> Result<(), WechatError> {
+        self.calls
+            .observed("closeorder", async {
+                let mut f = Params::new();
+                f.insert("out_trade_no".into(), out_trade_no.to_owned());
+                match self
+                    .pay_call("closeorder", "/pay/closeorder", out_trade_no, f)
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(WechatError::Business { code, .. }) if code == "ORDERCLOSED" => Ok(()),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+    }
+
+    /// Signs once and resends the very same bytes on every retry (same nonce_str, §2.4).
+    async fn pay_call(
+        &self,
+        api: &'static str,
+        path: &str,
+        out_trade_no: &str,
+        fields: Params,
+    ) -> Result<Params, WechatError> {
+        self.pay_call_via(&self.plain_http(), api, path, out_trade_no, fields)
+            .await
+    }
+
+    /// The request envelope of every pay API: appid, mch_id, nonce_str, sign_type (HMAC only:
+    /// absent means MD5 to WeChat, §1.2) and sign over all of it.
+    pub(super) fn signed_request(&self, mut fields: Params, nonce: String) -> Params {
+        let c = &self.cfg.credentials;
+        fields.insert("appid".into(), c.app_id.clone());
+        fields.insert("mch_id".into(), c.mch_id.clone());
+        fields.insert("nonce_str".into(), nonce);
+        if c.sign_type == SignType::HmacSha256 {
+            fields.insert("sign_type".into(), c.sign_type.as_str().into());
+        }
+        let s = sign::sign(&fields, c.api_key.expose_secret(), c.sign_type);
+        fields.insert("sign".into(), s);
+        fields
+    }
+
+    /// `pay_api_base` + `path`.
+    pub(super) fn pay_url(&self, path: &str) -> String {
+        format!("{}{}", self.cfg.pay_api_base.trim_end_matches('/'), path)
+    }
+
+    /// [`Self::pay_call`] through `client` (`secapi/*` needs the one with the certificate).
+    pub(super) async fn pay_call_via(
+        &self,
+        client: &awc::Client,
+        api: &'static str,
+        path: &str,
+        key: &str,
+        fields: Params,
+    ) -> Result<Params, WechatError> {
+        let fields = self.signed_request(fields, sign::nonce());
+        let body = Bytes::from(xml::encode(&fields));
+        let url = self.pay_url(path);
+        self.calls
+            .retrying(
+                || async {
+                    let resp = self
+                        .calls
+                        .send_via(client, Some(body.clone()), &url, MAX_BODY)
+                        .await?;
+                    self.check_pay_response(&resp)
+                },
+                |attempt, e| {
+                    tracing::warn!(api, key, attempt, error = %e, "retrying with identical parameters");
+                },
+            )
+            .await
+    }
 
     /// §2.3: return_code, then (only on SUCCESS) signature, our appid/mch_id, result_code.
     fn check_pay_response(&self, body: &[u8]) -> Result<Params, WechatError> {
-        let c = &self.cfg;
+        let c = &self.cfg.credentials;
         let p = xml::decode(body)
             .map_err(|e| WechatError::Protocol(format!("unparsable response: {e}")))?;
         let get = |k: &str| p.get(k).map(String::as_str).unwrap_or("");
@@ -507,7 +586,7 @@ impl WechatClient {
                 }),
             };
         }
-        sign::verify(&p, &c.api_key, c.sign_type).map_err(|e| {
+        sign::verify(&p, c.api_key.expose_secret(), c.sign_type).map_err(|e| {
             tracing::warn!(error = %e, "response signature rejected");
             WechatError::BadSignature
         })?;
@@ -527,6 +606,58 @@ impl WechatClient {
             });
         }
         Ok(p)
+    }
+}
+
+/// jscode2session, with the mini-program's app secret.
+#[derive(Clone, Debug)]
+pub struct LoginClient {
+    cfg: Arc<LoginConfig>,
+    calls: Calls,
+}
+
+impl LoginClient {
+    pub fn new(cfg: LoginConfig) -> Self {
+        LoginClient {
+            calls: Calls::new(cfg.timeout, cfg.max_retries),
+            cfg: Arc::new(cfg),
+        }
+    }
+
+    pub fn with_observer(mut self, o: CallObserver) -> Self {
+        self.calls.observer = Some(o);
+        self
+    }
+
+    /// `GET {api_base}/sns/jscode2session`; session_key is deliberately not returned.
+    pub async fn code_to_session(&self, js_code: &str) -> Result<Session, WechatError> {
+        self.calls
+            .observed("jscode2session", async {
+                let c = &self.cfg.credentials;
+                let base = format!(
+                    "{}/sns/jscode2session",
+                    self.cfg.api_base.trim_end_matches('/')
+                );
+                let url = url::Url::parse_with_params(
+                    &base,
+                    [
+                        ("appid", c.app_id.as_str()),
+                        ("secret", c.app_secret.expose_secret()),
+                        ("js_code", js_code),
+                        ("grant_type", "authorization_code"),
+                    ],
+                )
+                .map_err(|e| WechatError::Protocol(format!("bad api_base: {e}")))?;
+                self.calls
+                    .retrying(
+                        || async { parse_session(&self.calls.send(None, url.as_str()).await?) },
+                        |attempt, e| {
+                            tracing::warn!(api = "jscode2session", attempt, error = %e, "retrying");
+                        },
+                    )
+                    .await
+            })
+            .await
     }
 }
 
@@ -604,7 +735,6 @@ mod tests {
         assert!(!WechatError::Timeout.is_final());
         assert!(WechatError::BadSignature.is_final());
         assert!(WechatError::Protocol("x".into()).is_final());
-        assert!(WechatError::NotConfigured.is_final());
         let login = |errcode| WechatError::Login {
             errcode,
             errmsg: String::new(),
@@ -647,20 +777,30 @@ mod tests {
 
     #[test]
     fn config_debug_redacts_secrets() {
-        let cfg = WechatConfig {
-            app_id: "wx1".into(),
-            app_secret: "topsecret".into(),
-            mch_id: "1".into(),
-            api_key: "apikey1234".into(),
-            sign_type: SignType::Md5,
+        let pay = WechatClient::new(WechatConfig {
+            credentials: PayCredentials {
+                app_id: "wx1".into(),
+                mch_id: "1".into(),
+                api_key: "apikey1234".into(),
+                sign_type: SignType::Md5,
+            },
             pay_api_base: String::new(),
-            api_base: String::new(),
             notify_url: String::new(),
             timeout: Duration::from_secs(1),
             max_retries: 0,
-        };
-        let s = format!("{cfg:?}");
-        assert!(!s.contains("topsecret") && !s.contains("apikey1234"));
+        });
+        let login = LoginClient::new(LoginConfig {
+            credentials: LoginCredentials {
+                app_id: "wx1".into(),
+                app_secret: "topsecret".into(),
+            },
+            api_base: String::new(),
+            timeout: Duration::from_secs(1),
+            max_retries: 0,
+        });
+        let s = format!("{pay:?} {login:?}");
+        assert!(!s.contains("topsecret") && !s.contains("apikey1234"), "{s}");
+        assert!(s.contains("wx1"), "{s}");
     }
 
     #[test]
@@ -689,6 +829,7 @@ mod tests {
     fn client_is_send_sync_clone() {
         fn check<T: Send + Sync + Clone>() {}
         check::<WechatClient>();
+        check::<LoginClient>();
         check::<crate::sandbox::Sandbox>();
     }
 

@@ -1,7 +1,9 @@
 //! Payment result notifications (§4): parse and authenticate; amount/order checks are the caller's.
 
+use secrecy::ExposeSecret;
+
 use super::Params;
-use super::client::WechatConfig;
+use super::client::PayCredentials;
 use super::sign::{self, SignType};
 use super::xml::{self, XmlError};
 use crate::metrics::NotificationOutcome;
@@ -79,7 +81,7 @@ fn required<'a>(p: &'a Params, name: &'static str) -> Result<&'a str, NotifyErro
 
 /// §4.3 steps 1–6, in that order: size/DTD, parse, return_code, signature, appid/mch_id,
 /// result_code; then the typed fields.
-pub fn parse(body: &[u8], cfg: &WechatConfig) -> Result<Notification, NotifyError> {
+pub fn parse(body: &[u8], cfg: &PayCredentials) -> Result<Notification, NotifyError> {
     let raw = xml::decode(body)?;
     match raw.get("return_code").map(String::as_str) {
         Some("SUCCESS") => {}
@@ -90,8 +92,8 @@ pub fn parse(body: &[u8], cfg: &WechatConfig) -> Result<Notification, NotifyErro
         }
         None => return Err(NotifyError::MissingField("return_code")),
     }
-    let sign_type =
-        sign::verify(&raw, &cfg.api_key, cfg.sign_type).map_err(|_| NotifyError::BadSignature)?;
+    let sign_type = sign::verify(&raw, cfg.api_key.expose_secret(), cfg.sign_type)
+        .map_err(|_| NotifyError::BadSignature)?;
     if raw.get("appid") != Some(&cfg.app_id) {
         return Err(NotifyError::AppIdMismatch);
     }
@@ -150,22 +152,15 @@ pub fn build_notification(
 mod tests {
     use super::*;
     use crate::wechat::sign::tests::v6;
-    use std::time::Duration;
 
     const K1: &str = "192006250b4c09247ec02edce69f6a2d";
 
-    fn cfg(t: SignType) -> WechatConfig {
-        WechatConfig {
+    fn cfg(t: SignType) -> PayCredentials {
+        PayCredentials {
             app_id: "wxd930ea5d5a258f4f".into(),
-            app_secret: "secret".into(),
             mch_id: "10000100".into(),
             api_key: K1.into(),
             sign_type: t,
-            pay_api_base: "http://127.0.0.1:1".into(),
-            api_base: "http://127.0.0.1:1".into(),
-            notify_url: "https://example.com/notify".into(),
-            timeout: Duration::from_secs(1),
-            max_retries: 0,
         }
     }
 

@@ -18,7 +18,7 @@ pub enum XmlError {
     Doctype,
     #[error("nested element inside an <xml> child")]
     Nested,
-    #[error("root element is not <xml>")]
+    #[error("root element is not the expected one (<xml>, or <root> inside req_info)")]
     NotXmlRoot,
     #[error("malformed XML: {0}")]
     Malformed(String),
@@ -48,6 +48,12 @@ fn declares_dtd(body: &[u8]) -> bool {
 /// Refuses DTDs before parsing at all (XXE / entity expansion, §9.4) and duplicate keys
 /// (one copy could be signed while the other is used).
 pub fn decode(body: &[u8]) -> Result<Params, XmlError> {
+    decode_root(body, "xml")
+}
+
+/// [`decode`] for a flat document under another root element: the decrypted `req_info` of a
+/// refund notification is rooted at `<root>` (wechatpay-next.md §3.2).
+pub fn decode_root(body: &[u8], root: &str) -> Result<Params, XmlError> {
     if body.len() > MAX_BODY {
         return Err(XmlError::TooLarge);
     }
@@ -79,7 +85,7 @@ pub fn decode(body: &[u8]) -> Result<Params, XmlError> {
                 let name = element_name(start.name().as_ref())?;
                 match depth {
                     0 => {
-                        if name != "xml" {
+                        if name != root {
                             return Err(XmlError::NotXmlRoot);
                         }
                         seen_root = true;
@@ -93,7 +99,7 @@ pub fn decode(body: &[u8]) -> Result<Params, XmlError> {
                 let name = element_name(start.name().as_ref())?;
                 match depth {
                     0 => {
-                        if name != "xml" {
+                        if name != root {
                             return Err(XmlError::NotXmlRoot);
                         }
                         seen_root = true;
@@ -188,7 +194,12 @@ fn resolve_ref(r: &quick_xml::events::BytesRef<'_>) -> Result<char, XmlError> {
 /// `<xml><k><![CDATA[v]]></k>…</xml>` in key order. Keys are our own field names and are
 /// written as-is; a `]]>` inside a value is split across two CDATA sections.
 pub fn encode(params: &Params) -> String {
-    let mut out = String::from("<xml>");
+    encode_root(params, "xml")
+}
+
+/// [`encode`] under another root element (the `<root>` plaintext of a refund `req_info`).
+pub fn encode_root(params: &Params, root: &str) -> String {
+    let mut out = format!("<{root}>");
     for (k, v) in params {
         out.push('<');
         out.push_str(k);
@@ -198,7 +209,9 @@ pub fn encode(params: &Params) -> String {
         out.push_str(k);
         out.push('>');
     }
-    out.push_str("</xml>");
+    out.push_str("</");
+    out.push_str(root);
+    out.push('>');
     out
 }
 
@@ -297,6 +310,20 @@ mod tests {
         assert_eq!(
             decode("\u{feff}<xml><a>1</a></xml>".as_bytes()).map(|p| p.len()),
             Ok(1)
+        );
+    }
+
+    #[test]
+    fn other_root() {
+        let mut p = Params::new();
+        p.insert("refund_fee".into(), "100".into());
+        let doc = encode_root(&p, "root");
+        assert_eq!(doc, "<root><refund_fee><![CDATA[100]]></refund_fee></root>");
+        assert_eq!(decode_root(doc.as_bytes(), "root"), Ok(p));
+        assert_eq!(decode(doc.as_bytes()), Err(XmlError::NotXmlRoot));
+        assert_eq!(
+            decode_root(b"<xml><a>1</a></xml>", "root"),
+            Err(XmlError::NotXmlRoot)
         );
     }
 
