@@ -8,7 +8,9 @@
 # What it does:
 #   1. installs MariaDB + Redis if missing (scripts/services.sh install: apt-get),
 #   2. builds/reuses a Python venv in target/pyenv with wechatpy==1.8.18 + cryptography,
-#   3. starts a private MariaDB and Redis in a fresh temp dir, on loopback, on free ports,
+#   3. starts a private MariaDB and Redis in a fresh temp dir, on loopback, on free ports, and a
+#      three-node Galera cluster (scripts/galera.sh; galera-4 and rsync installed through apt)
+#      in the background: it boots while the rest is set up and the tests compile,
 #   4. exports the COINPAY_TEST_* variables (below) and runs `cargo test --all-targets "$@"`,
 #   5. always stops the servers and removes the temp dir on exit (success, failure, Ctrl-C),
 #      and exits with cargo's status.
@@ -154,7 +156,6 @@ say "install check: $(( $(now_ms) - t0 )) ms"
 # The Galera cluster (three nodes, about 35 s) boots in the background while the rest is set up
 # and the tests are compiled (step 5 waits for it), so that it adds next to nothing to the run.
 # Ports: a base below the ephemeral range whose twelve ports are free (lib.sh galera_base_port).
-GALERA_OK=0
 GALERA_PID=
 unset COINPAY_TEST_GALERA_URLS COINPAY_TEST_GALERA_URL COINPAY_GALERA_SCRIPT GALERA_DIR
 if ((SERVICES_OK)) && bash "$ROOT/scripts/galera.sh" install; then
@@ -265,27 +266,6 @@ if ((SERVICES_OK)); then
 fi
 
 # ---------------------------------------------------------------------------------------------
-# 3b. Compile the tests while the cluster boots (cargo's own arguments are those before `--`),
-# then wait for it.
-if [[ -n $GALERA_PID ]]; then
-  BUILD_ARGS=()
-  for a in "$@"; do [[ $a == -- ]] && break; BUILD_ARGS+=("$a"); done
-  t0=$(now_ms)
-  "$CARGO_CMD" test --all-targets --no-run "${BUILD_ARGS[@]}" || say "compiling the tests failed; cargo test reports it below"
-  say "compile while the cluster boots: $(( $(now_ms) - t0 )) ms"
-  if wait "$GALERA_PID"; then
-    eval "$(cat "$GALERA_DIR/env.sh")"
-    export COINPAY_GALERA_SCRIPT=$ROOT/scripts/galera.sh
-    GALERA_OK=1
-  else
-    sed 's/^/  /' "$GALERA_DIR/start.log" >&2
-    missing "the Galera cluster did not start (GALERA_DIR=$GALERA_DIR)"
-  fi
-  GALERA_PID=
-  say "galera ready $(( $(now_ms) - GALERA_T0 )) ms after its start"
-fi
-
-# ---------------------------------------------------------------------------------------------
 # 4. Environment for the tests.
 unset COINPAY_TEST_MYSQL_URL COINPAY_TEST_REDIS_HOST COINPAY_TEST_REDIS_PORT MYSQL_URL REDIS_URL \
   COINPAY_SERVICES_SCRIPT
@@ -298,7 +278,7 @@ fi
 {
   echo "================================ coinpay tests ================================"
   echo " mariadb : $( ((MYSQL_OK)) && { mariadbd --version | sed 's/ for .*//;s/  */ /g'; echo " @ 127.0.0.1:$MY_PORT"; } | tr -d '\n' || echo 'NOT AVAILABLE - MariaDB tests skip')"
-  echo " galera  : $( ((GALERA_OK)) && echo "3 nodes @ 127.0.0.1:$GALERA_BASE_PORT-$((GALERA_BASE_PORT + 2))" || echo 'NOT AVAILABLE - Galera tests skip')"
+  echo " galera  : $( [[ -n $GALERA_PID ]] && echo "3 nodes @ 127.0.0.1:$GALERA_BASE_PORT-$((GALERA_BASE_PORT + 2)), booting (awaited before the tests run)" || echo 'NOT AVAILABLE - Galera tests skip')"
   echo " redis   : $( ((REDIS_OK)) && { redis-server --version | cut -d' ' -f1-3; echo " @ 127.0.0.1:$REDIS_PORT"; } | tr -d '\n' || echo 'NOT AVAILABLE - Redis tests skip')"
   if ((PY_OK)); then
     echo " python  : $("$COINPAY_TEST_PYTHON" --version 2>&1) ($COINPAY_TEST_PYTHON)"
@@ -329,6 +309,26 @@ case $DEPLOY_RC in
 esac
 say "deploy checks: $(( $(now_ms) - t0 )) ms"
 # <<< deploy checks
+
+# ---------------------------------------------------------------------------------------------
+# 4b. Compile the tests while the cluster boots (cargo's own arguments are those before `--`),
+# then wait for it.
+if [[ -n $GALERA_PID ]]; then
+  BUILD_ARGS=()
+  for a in "$@"; do [[ $a == -- ]] && break; BUILD_ARGS+=("$a"); done
+  t0=$(now_ms)
+  "$CARGO_CMD" test --all-targets --no-run "${BUILD_ARGS[@]}" || say "compiling the tests failed; cargo test reports it below"
+  say "compile while the cluster boots: $(( $(now_ms) - t0 )) ms"
+  if wait "$GALERA_PID"; then
+    eval "$(cat "$GALERA_DIR/env.sh")"
+    export COINPAY_GALERA_SCRIPT=$ROOT/scripts/galera.sh
+    say "galera: 3 nodes Synced $(( $(now_ms) - GALERA_T0 )) ms after the start"
+  else
+    sed 's/^/  /' "$GALERA_DIR/start.log" >&2
+    missing "the Galera cluster did not start (GALERA_DIR=$GALERA_DIR)"
+  fi
+  GALERA_PID=
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 5. Run the tests; the EXIT trap stops the servers.

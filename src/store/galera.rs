@@ -114,20 +114,28 @@ async fn try_node(url: &str) -> diesel::ConnectionResult<AsyncMysqlConnection> {
     let mut c = tokio::time::timeout(CONNECT_TIMEOUT, AsyncMysqlConnection::establish(url))
         .await
         .map_err(|_| ConnectionError::BadConnection("connect timed out".into()))??;
-    // A server without Galera has no wsrep_on (MySQL) or has it OFF (MariaDB): nothing to check.
+    check_synced(&mut c).await?;
+    Ok(c)
+}
+
+/// Ok when the node of `c` can take work: a server without Galera (no `wsrep_on` on MySQL,
+/// `OFF` on MariaDB), or a Galera node that is ready and Synced (`wsrep_ready = ON`,
+/// `wsrep_local_state = 4`); a node that is joining, donating or outside the primary component
+/// is refused.
+pub async fn check_synced(c: &mut AsyncMysqlConnection) -> diesel::ConnectionResult<()> {
     let on = diesel::sql_query("SELECT CAST(@@GLOBAL.wsrep_on AS CHAR) AS `on`")
-        .get_result::<WsrepOn>(&mut c)
+        .get_result::<WsrepOn>(c)
         .await
         .map(|r| r.on == "1" || r.on.eq_ignore_ascii_case("ON"))
         .unwrap_or(false);
     if !on {
-        return Ok(c);
+        return Ok(());
     }
     let rows = diesel::sql_query(
         "SELECT VARIABLE_NAME AS name, VARIABLE_VALUE AS value FROM information_schema.GLOBAL_STATUS \
          WHERE VARIABLE_NAME IN ('WSREP_READY', 'WSREP_LOCAL_STATE')",
     )
-    .load::<StatusRow>(&mut c)
+    .load::<StatusRow>(c)
     .await
     .map_err(|e| ConnectionError::BadConnection(format!("wsrep status: {e}")))?;
     let get = |n: &str| {
@@ -136,7 +144,7 @@ async fn try_node(url: &str) -> diesel::ConnectionResult<AsyncMysqlConnection> {
             .map(|r| r.value.as_str())
     };
     match (get("WSREP_READY"), get("WSREP_LOCAL_STATE")) {
-        (Some(ready), Some("4")) if ready.eq_ignore_ascii_case("ON") => Ok(c),
+        (Some(ready), Some("4")) if ready.eq_ignore_ascii_case("ON") => Ok(()),
         (ready, state) => Err(ConnectionError::BadConnection(format!(
             "Galera node not synced in the primary component (wsrep_ready={}, wsrep_local_state={})",
             ready.unwrap_or("?"),

@@ -32,6 +32,7 @@ use diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection}
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 use secrecy::ExposeSecret;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::config::DbUrl;
 
@@ -124,6 +125,8 @@ pub async fn execute(pool: &DbPool, stmt: impl Statement + 'static) -> Result<us
 /// A MySQL connection from [`MysqlPool`], with the caller's turn.
 pub struct MysqlConn<'a> {
     conn: diesel_async::pooled_connection::bb8::PooledConnection<'a, AsyncMysqlConnection>,
+    /// The pool's [`MysqlPool::recheck_until`], set when this connection is discarded.
+    recheck_until: &'a AtomicI64,
     // Dropped after `conn`: the connection is back in the pool before the next caller is let in.
     _turn: tokio::sync::SemaphorePermit<'a>,
 }
@@ -156,7 +159,17 @@ pub struct MysqlPool {
     /// Checked connections tried before giving up: a node that died leaves every idle
     /// connection to it broken, and each is discarded in turn before a new one is made.
     attempts: usize,
+    /// Until when (ms since the epoch) check-outs ask the node whether it is synced in the
+    /// primary component instead of sending `SELECT 1`. A Galera node that has left the
+    /// primary component still answers `SELECT 1` and refuses every query on a table
+    /// ("WSREP has not yet prepared node"), so after such a refusal, or any discarded
+    /// connection, the idle connections to it must be told apart from the good ones for a
+    /// while; the rest of the time the cheap check does.
+    recheck_until: std::sync::Arc<AtomicI64>,
 }
+
+/// How long check-outs ask for the node's state after a refusal or a discarded connection.
+const RECHECK_MS: i64 = 5_000;
 
 /// Checked connections tried before giving up (each failed one is discarded).
 const CHECKOUT_ATTEMPTS: usize = 3;
@@ -175,38 +188,63 @@ impl MysqlPool {
         }
     }
 
-    /// A connection that has just answered `SELECT 1`.
+    /// A connection that has just answered `SELECT 1` (or, while [`Self::recheck_until`]
+    /// lasts, said that its node is synced in the primary component).
     pub async fn get(&self) -> Result<MysqlConn<'_>, StoreError> {
         use diesel::IntoSql;
         use diesel_async::RunQueryDsl;
         let turn = self.turn().await?;
-        let mut last = None;
+        let mut last = String::new();
         for _ in 0..self.attempts {
             let mut conn = self.pool.get().await?;
-            match diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
-                .get_result::<i32>(&mut *conn)
-                .await
-            {
-                Ok(_) => return Ok(MysqlConn { conn, _turn: turn }),
+            let checked = if self.rechecking() {
+                galera::check_synced(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())
+            } else {
+                diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
+                    .get_result::<i32>(&mut *conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            match checked {
+                Ok(()) => {
+                    return Ok(MysqlConn {
+                        conn,
+                        recheck_until: &self.recheck_until,
+                        _turn: turn,
+                    });
+                }
                 Err(e) => {
                     mark_broken(&mut conn);
-                    last = Some(e);
+                    last = e;
                 }
             }
         }
         Err(StoreError::Connection(format!(
-            "no working connection after {} attempts: {}",
-            self.attempts,
-            last.map_or_else(String::new, |e| e.to_string())
+            "no working connection after {} attempts: {last}",
+            self.attempts
         )))
+    }
+
+    fn rechecking(&self) -> bool {
+        now_ms() < self.recheck_until.load(Ordering::Relaxed)
     }
 
     /// A connection not checked yet: the caller's first statement must be a read that it
     /// runs again on [`Self::get`]'s connection when it fails (after [`discard`]ing this one).
     pub async fn get_for_read(&self) -> Result<MysqlConn<'_>, StoreError> {
+        if self.rechecking() {
+            return self.get().await;
+        }
         let turn = self.turn().await?;
         let conn = self.pool.get().await?;
-        Ok(MysqlConn { conn, _turn: turn })
+        Ok(MysqlConn {
+            conn,
+            recheck_until: &self.recheck_until,
+            _turn: turn,
+        })
     }
 
     /// Runs `work` (a transaction or a query on a connection it takes), again when it failed in
@@ -232,6 +270,11 @@ impl MysqlPool {
                     };
                     attempt += 1;
                     galera::count_retry(reason);
+                    if reason != "deadlock" {
+                        // The node may be out of the primary component: its idle connections
+                        // must not pass the next check-outs.
+                        recheck(&self.recheck_until);
+                    }
                     tracing::debug!(error = %e, reason, attempt, "retrying the database work");
                     tokio::time::sleep(galera::backoff(attempt)).await;
                 }
@@ -252,9 +295,15 @@ fn mark_broken(conn: &mut AsyncMysqlConnection) {
     diesel_async::AnsiTransactionManager::transaction_manager_status_mut(conn).set_in_error();
 }
 
-/// Gives up a connection that failed: the pool drops it instead of taking it back.
+/// Gives up a connection that failed: the pool drops it instead of taking it back, and the
+/// next check-outs ask their nodes for their state for a while (see `MysqlPool::recheck_until`).
 pub fn discard(mut c: MysqlConn<'_>) {
+    recheck(c.recheck_until);
     mark_broken(&mut c);
+}
+
+fn recheck(until: &AtomicI64) {
+    until.fetch_max(now_ms() + RECHECK_MS, Ordering::Relaxed);
 }
 
 /// Runs the read `$body` with `$conn` bound to a connection of either backend: the body is
@@ -333,6 +382,7 @@ impl DbPool {
             pool,
             gate: std::sync::Arc::new(tokio::sync::Semaphore::new(size as usize)),
             attempts: CHECKOUT_ATTEMPTS.max(size as usize + 1),
+            recheck_until: std::sync::Arc::new(AtomicI64::new(0)),
         }))
     }
 
@@ -409,13 +459,20 @@ pub async fn run_migrations(url: &DbUrl) -> Result<usize, StoreError> {
 /// Migration attempts on MySQL (see [`migrate_blocking`]).
 const MIGRATION_RETRIES: u32 = 8;
 
-/// A blocking connection to the first node of `url` that answers.
+/// A blocking connection for migrations: to the first node that answers, in the nodes' sorted
+/// order rather than the URL's. Instances list the nodes in orders of their own (each starts
+/// from another node), but `GET_LOCK` is local to one Galera node: taken on the same node by
+/// every instance, it keeps them from applying a migration at once. (Two at once would run the
+/// same DDL on two nodes; DDL is not transactional, and a migration that failed half-way leaves
+/// tables that make it fail again forever.)
 fn mysql_blocking_connection(
     url: &str,
 ) -> Result<AsyncConnectionWrapper<AsyncMysqlConnection>, StoreError> {
     use diesel::Connection;
     let mut last = String::new();
-    for node in galera::Nodes::parse(url)?.urls() {
+    let mut nodes = galera::Nodes::parse(url)?.urls().to_vec();
+    nodes.sort();
+    for node in &nodes {
         match <AsyncConnectionWrapper<AsyncMysqlConnection> as Connection>::establish(node) {
             Ok(c) => return Ok(c),
             Err(e) => last = e.to_string(),
@@ -427,10 +484,11 @@ fn mysql_blocking_connection(
 fn migrate_blocking(url: &DbUrl) -> Result<usize, StoreError> {
     let mig = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
     match url {
-        // GET_LOCK keeps instances on one server from racing on DDL (MySQL DDL is not
-        // transactional), but on Galera it is local to one node: an instance on another node
-        // may apply the same migration meanwhile, and one of them fails ("already exists").
-        // Then the loser reads the applied set again and carries on from there.
+        // GET_LOCK keeps instances from racing on DDL (MySQL DDL is not transactional); on
+        // Galera it is local to one node, so every instance takes it on the same node (see
+        // `mysql_blocking_connection`). Should they still meet (that node was down for one of
+        // them), the loser fails ("already exists"), reads the applied set again and carries
+        // on from there.
         DbUrl::Mysql(url) => {
             let mut attempt = 0;
             loop {

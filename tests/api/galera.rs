@@ -35,9 +35,9 @@ fn galera(args: &[&str]) {
 }
 
 /// A fresh database on the cluster; (one URL per node, the multi-host URL in node order a,b,c).
-async fn fresh_database(nodes: &[String]) -> (Vec<String>, impl Fn(&[usize]) -> String) {
+async fn fresh_database(nodes: &[String], tag: &str) -> (Vec<String>, impl Fn(&[usize]) -> String) {
     use diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection};
-    let name = format!("coinpay_g_{}", std::process::id());
+    let name = format!("coinpay_g{tag}_{}", std::process::id());
     let mut c = AsyncMysqlConnection::establish(&nodes[0])
         .await
         .expect("connect to node 1");
@@ -91,6 +91,121 @@ async fn assert_node_invariants(node_url: &str) -> (i64, i64) {
     (rows.len() as i64, paid)
 }
 
+/// The id of the 6-yuan, 60-coin package. On Galera the seeded ids are not 1, 2, 3...: each
+/// node hands out its own auto-increment offset (`wsrep_auto_increment_control`), so they
+/// depend on the node the migration ran on.
+async fn sixty_coins(app: &App) -> i64 {
+    let r = app.get("/api/v1/client/coin/packages", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .find(|p| p["price_fen"] == 600 && p["total_coins"] == 60)
+        .and_then(|p| p["id"].as_i64())
+        .unwrap_or_else(|| panic!("no 6-yuan package in {}", r.text()))
+}
+
+/// One test at a time takes nodes out of the cluster: two at once could leave it without a
+/// primary component.
+static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs `sql` on node `url` as the test user.
+async fn on_node(url: &str, sql: &str) {
+    use diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection};
+    let mut c = AsyncMysqlConnection::establish(url)
+        .await
+        .expect("connect to the node");
+    c.batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// `wsrep_cluster_status` of node `url` (`Primary`, `non-Primary`).
+async fn cluster_status(url: &str) -> String {
+    use diesel::sql_types::Text;
+    use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Status {
+        #[diesel(sql_type = Text)]
+        value: String,
+    }
+    let Ok(mut c) = AsyncMysqlConnection::establish(url).await else {
+        return "down".into();
+    };
+    diesel::sql_query(
+        "SELECT VARIABLE_VALUE AS value FROM information_schema.GLOBAL_STATUS \
+         WHERE VARIABLE_NAME = 'WSREP_CLUSTER_STATUS'",
+    )
+    .get_result::<Status>(&mut c)
+    .await
+    .map(|s| s.value)
+    .unwrap_or_else(|e| format!("? ({e})"))
+}
+
+/// A node cut off from the others (`gmcast.isolate`) drops out of the primary component but
+/// stays up: it still answers `SELECT 1` and refuses every query on a table. The instance
+/// whose first node it is must drop its connections to it and carry on on the others, with
+/// every notification acknowledged; the node then rejoins and holds the same books.
+#[actix_web::test]
+async fn a_node_out_of_the_primary_component_gets_no_work() {
+    let Some(nodes) = cluster() else { return };
+    let _alone = CLUSTER.lock().await;
+    let (per_node, multi) = fresh_database(&nodes, "iso").await;
+    let db = TestDb::new(&Backend::Sqlite).await; // only for the builder's defaults
+    let app = app(&db)
+        .env("DATABASE_URL", &multi(&[2, 0, 1]))
+        .env("DB_POOL_SIZE", "4")
+        .spawn();
+    let (token, _) = app.login("isolated-node-user").await;
+    let package = sixty_coins(&app).await;
+    let mut bodies = Vec::new();
+    for k in 0..12 {
+        let no = app.order_no(&token, package).await;
+        bodies.push(notification(
+            &no,
+            &format!("4200000000000000000{k:09}"),
+            600,
+            |_| {},
+        ));
+    }
+    // Warm: the pool's connections are all on node 3.
+    for body in &bodies[..4] {
+        assert_eq!(app.notify_raw(body, &[]).await.text(), SUCCESS);
+    }
+
+    on_node(
+        &per_node[2],
+        "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'",
+    )
+    .await;
+    wait_until(
+        "node 3 leaves the primary component",
+        Duration::from_secs(60),
+        || async { cluster_status(&per_node[2]).await == "non-Primary" },
+    )
+    .await;
+    for body in &bodies[4..] {
+        let r = app.notify_raw(body, &[]).await;
+        assert_eq!(
+            r.text(),
+            SUCCESS,
+            "acknowledged with node 3 out of the cluster"
+        );
+    }
+    assert_eq!(app.balance(&token).await, 12 * 60);
+
+    on_node(
+        &per_node[2],
+        "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'",
+    )
+    .await;
+    galera(&["wait-synced", "3"]);
+    for url in &per_node {
+        assert_eq!(assert_node_invariants(url).await, (12, 12), "on {url}");
+    }
+}
+
 async fn lease_held(app: &App) -> bool {
     sample(&app.metrics().await, "coinpay_sweeper_lease_held") == Some(1.0)
 }
@@ -98,7 +213,8 @@ async fn lease_held(app: &App) -> bool {
 #[actix_web::test]
 async fn two_instances_on_a_galera_cluster_lose_a_node_and_nothing_goes_wrong() {
     let Some(nodes) = cluster() else { return };
-    let (per_node, multi) = fresh_database(&nodes).await;
+    let _alone = CLUSTER.lock().await;
+    let (per_node, multi) = fresh_database(&nodes, "storm").await;
     let sim = standalone_sandbox("0.002");
     let (pa, pb) = (free_port(), free_port());
     let cfg = |b: AppBuilder, url: String, id: &str| {
@@ -118,6 +234,7 @@ async fn two_instances_on_a_galera_cluster_lose_a_node_and_nothing_goes_wrong() 
     let tb = std::thread::spawn(move || bb.spawn());
     let mut a = ta.join().expect("instance a");
     let mut b = tb.join().expect("instance b");
+    let package = sixty_coins(&a).await;
 
     // The storm: each notification delivered twice at once, once through each instance; node 2
     // (instance b's) killed -9 halfway and started again.
@@ -129,7 +246,7 @@ async fn two_instances_on_a_galera_cluster_lose_a_node_and_nothing_goes_wrong() 
         let (token, _) = a.login(&format!("galera-user-{u}")).await;
         for k in 0..per_user {
             let via = if k % 2 == 0 { &a } else { &b };
-            let no = via.create_order(&token, 1).await["order_no"]
+            let no = via.create_order(&token, package).await["order_no"]
                 .as_str()
                 .expect("no")
                 .to_string();
@@ -179,7 +296,7 @@ async fn two_instances_on_a_galera_cluster_lose_a_node_and_nothing_goes_wrong() 
 
     // 64 concurrent copies of one notification through both instances: one credit.
     let (token, _) = a.login("galera-64").await;
-    let no = a.create_order(&token, 1).await["order_no"]
+    let no = a.create_order(&token, package).await["order_no"]
         .as_str()
         .expect("no")
         .to_string();
