@@ -182,8 +182,10 @@ struct OrderListQuery {
     /// Creation time range, RFC 3339 or epoch milliseconds; `to` is exclusive.
     from: Option<String>,
     to: Option<String>,
-    #[serde(flatten)]
-    page: PageQuery,
+    // Not `#[serde(flatten)] PageQuery`: a flattened struct reaches serde_urlencoded's values as
+    // strings, so `?page=1` was refused as "expected i64".
+    page: Option<i64>,
+    page_size: Option<i64>,
 }
 
 fn parse_time(field: &str, v: &str) -> Result<i64, AppError> {
@@ -226,7 +228,11 @@ async fn list_orders(
             .transpose()?,
         created_to: q.to.as_deref().map(|v| parse_time("to", v)).transpose()?,
     };
-    let (page, size, offset) = q.page.resolve();
+    let (page, size, offset) = PageQuery {
+        page: q.page,
+        page_size: q.page_size,
+    }
+    .resolve();
     let (rows, total) = orders::list(&st.db, &filter, offset, size).await?;
     let views: Vec<Value> = rows.iter().map(admin_order).collect();
     Ok(HttpResponse::Ok().json(json!({

@@ -5,9 +5,8 @@
 //!   "user", "user_id"}]}`), 404 when there is none.
 //! - `GET /api/v1/admin/orders/{order_no}/ledger` — the ledger rows the order caused.
 //! - `GET /api/v1/admin/users/{id}/ledger?page=&page_size=` — a user's ledger, paginated.
-//! - `GET /api/v1/admin/users/{id}/orders?page=&page_size=` — a user's orders, paginated
-//!   (`GET /api/v1/admin/orders?user_id=&page=` refuses its page parameters: serde's
-//!   `flatten` hands them to `PageQuery` as strings).
+//! - `GET /api/v1/admin/users/{id}/orders?page=&page_size=` — a user's orders, paginated, 404
+//!   for an unknown user (where `GET /api/v1/admin/orders?user_id=` answers an empty page).
 //! - `GET /api/v1/admin/orders/{order_no}/refund-preview?refund_fen=` — the coins a refund of
 //!   that amount would take back, before the operator confirms it (nothing is written).
 //!
@@ -98,6 +97,19 @@ async fn order_ledger(
     Ok(HttpResponse::Ok().json(json!({ "order_no": order_no, "logs": logs })))
 }
 
+/// The user id of the path, once the user is known to exist, and the page asked for.
+async fn known_user_page(
+    st: &AppState,
+    path: web::Path<i64>,
+    q: &PageQuery,
+) -> Result<(i64, (i64, i64, i64)), AppError> {
+    let user_id = path.into_inner();
+    users::get(&st.db, user_id)
+        .await?
+        .ok_or(AppError::NotFound("user"))?;
+    Ok((user_id, q.resolve()))
+}
+
 #[get("/api/v1/admin/users/{id}/ledger")]
 async fn user_ledger(
     _a: AdminCaller,
@@ -105,11 +117,7 @@ async fn user_ledger(
     path: web::Path<i64>,
     q: web::Query<PageQuery>,
 ) -> Result<HttpResponse, AppError> {
-    let user_id = path.into_inner();
-    users::get(&st.db, user_id)
-        .await?
-        .ok_or(AppError::NotFound("user"))?;
-    let (page, size, offset) = q.resolve();
+    let (user_id, (page, size, offset)) = known_user_page(&st, path, &q).await?;
     let (rows, total) = ledger::list_for_user(&st.db, user_id, offset, size).await?;
     let logs: Vec<LedgerView> = rows.iter().map(LedgerView::from).collect();
     Ok(HttpResponse::Ok().json(json!({
@@ -124,11 +132,7 @@ async fn user_orders(
     path: web::Path<i64>,
     q: web::Query<PageQuery>,
 ) -> Result<HttpResponse, AppError> {
-    let user_id = path.into_inner();
-    users::get(&st.db, user_id)
-        .await?
-        .ok_or(AppError::NotFound("user"))?;
-    let (page, size, offset) = q.resolve();
+    let (user_id, (page, size, offset)) = known_user_page(&st, path, &q).await?;
     let filter = orders::OrderFilter {
         user_id: Some(user_id),
         ..Default::default()

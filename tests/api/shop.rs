@@ -342,6 +342,20 @@ async fn admin_packages_orders_users_and_adjustments(backend: Backend) {
         .await
         .json();
     assert_eq!(none["total"], 0);
+    // Page parameters are numbers in the query string (they were once refused as strings).
+    let paged = app
+        .get(
+            &format!("/api/v1/admin/orders?user_id={uid}&page=1&page_size=1"),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(paged.status, 200, "{}", paged.text());
+    let paged = paged.json();
+    assert_eq!(
+        (&paged["page"], &paged["page_size"]),
+        (&1.into(), &1.into())
+    );
+    assert_eq!(paged["orders"].as_array().map(Vec::len), Some(1), "{paged}");
     assert_eq!(
         app.get("/api/v1/admin/orders?status=bogus", Some(ADMIN_TOKEN))
             .await
