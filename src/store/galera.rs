@@ -104,10 +104,11 @@ struct StatusRow {
     value: String,
 }
 
+/// A row of `SHOW GLOBAL VARIABLES`.
 #[derive(QueryableByName)]
-struct WsrepOn {
-    #[diesel(sql_type = Text)]
-    on: String,
+struct Variable {
+    #[diesel(sql_type = Text, column_name = Value)]
+    value: String,
 }
 
 async fn try_node(url: &str) -> diesel::ConnectionResult<AsyncMysqlConnection> {
@@ -123,11 +124,13 @@ async fn try_node(url: &str) -> diesel::ConnectionResult<AsyncMysqlConnection> {
 /// `wsrep_local_state = 4`); a node that is joining, donating or outside the primary component
 /// is refused.
 pub async fn check_synced(c: &mut AsyncMysqlConnection) -> diesel::ConnectionResult<()> {
-    let on = diesel::sql_query("SELECT CAST(@@GLOBAL.wsrep_on AS CHAR) AS `on`")
-        .get_result::<WsrepOn>(c)
+    // No row on MySQL. An error is an error: the connection may be dead, and must not pass.
+    let on = diesel::sql_query("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
+        .load::<Variable>(c)
         .await
-        .map(|r| r.on == "1" || r.on.eq_ignore_ascii_case("ON"))
-        .unwrap_or(false);
+        .map_err(|e| ConnectionError::BadConnection(format!("wsrep_on: {e}")))?
+        .iter()
+        .any(|v| v.value == "1" || v.value.eq_ignore_ascii_case("ON"));
     if !on {
         return Ok(());
     }
