@@ -3,7 +3,7 @@
 # and the Galera benchmark. No systemd: three `mariadbd` processes with `wsrep_on=ON`, the galera-4
 # provider, rsync state transfers, all data, sockets and logs under $GALERA_DIR.
 #
-#   scripts/galera.sh install          apt-get install mariadb-server, galera-4 and rsync if missing
+#   scripts/galera.sh install          apt-get install mariadb-server, galera-4, rsync and iproute2 if missing
 #   scripts/galera.sh start            bootstrap node 1 (--wsrep-new-cluster), join nodes 2 and 3, wait
 #                                      until all three are Synced in one primary component, create the
 #                                      database and the app user; prints `export ...` lines
@@ -33,6 +33,8 @@ DB_USER=${DB_USER:-coinpay}
 DB_PASS=${DB_PASS:-coinpay_pw}
 NODES=(1 2 3)
 
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # alive
 log() { printf '[galera %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
@@ -52,13 +54,6 @@ provider() {
   die "no galera provider library found (scripts/galera.sh install)"
 }
 
-alive() {
-  [[ ${1:-} =~ ^[0-9]+$ ]] || return 1
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [[ ${stat:0:1} != Z && ${stat:0:1} != X ]]
-}
 node_pid() { local p; p=$(cat "$(pidfile "$1")" 2>/dev/null || true); [[ $p =~ ^[0-9]+$ ]] && echo "$p"; }
 
 sql() { # node, sql...
@@ -166,10 +161,14 @@ stop_all() {
 cmd=${1:-}
 case $cmd in
   install)
-    if ! command -v mariadbd >/dev/null || [[ -z $(provider 2>/dev/null) ]] || ! command -v rsync >/dev/null; then
+    # rsync state transfers need rsync, and `ss` (iproute2) for the SST script to watch its port.
+    if ! command -v mariadbd >/dev/null || [[ -z $(provider 2>/dev/null) ]] \
+      || ! command -v rsync >/dev/null || ! command -v ss >/dev/null; then
+      ((EUID == 0)) || die "install needs root (apt-get)"
       export DEBIAN_FRONTEND=noninteractive
-      apt-get update -qq
-      apt-get install -y -qq mariadb-server mariadb-client galera-4 rsync >/dev/null
+      apt-get -o DPkg::Lock::Timeout=300 update -qq
+      apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends \
+        mariadb-server mariadb-client galera-4 rsync iproute2 >/dev/null
     fi
     log "installed: $(mariadbd --version 2>/dev/null | head -1); provider $(provider)"
     ;;

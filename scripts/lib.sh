@@ -39,6 +39,21 @@ random_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
+# galera_base_port: a base port for scripts/galera.sh (GALERA_BASE_PORT) whose twelve ports
+# (clients, replication, IST and SST of three nodes: BASE+{0,1,2}, +10x, +20x, +30x) are free
+# now, below the ephemeral range so that no outgoing connection takes one meanwhile.
+galera_base_port() {
+  local base off ok _
+  for _ in $(seq 20); do
+    base=$(( 20000 + RANDOM % 8000 )) ok=1
+    for off in 0 1 2 100 101 102 200 201 202 300 301 302; do
+      port_free $((base + off)) || { ok=0; break; }
+    done
+    ((ok)) && { echo "$base"; return 0; }
+  done
+  echo 23306
+}
+
 # make_svc_dir PREFIX: sets SVC_DIR to a fresh $TMPDIR/PREFIX.XXXXXX for scripts/services.sh,
 # marked as made by it, with this script's pid as its owner (a later run cleans up the
 # directories whose owner is gone).

@@ -11,6 +11,8 @@
 #   scripts/services.sh stop          clean shutdown (falls back to SIGTERM, then SIGKILL)
 #   scripts/services.sh clean         stop + remove $SVC_DIR
 #   scripts/services.sh start-mysql | stop-mysql | start-redis | stop-redis     one server only
+#   scripts/services.sh galera CMD... a three-node Galera cluster: the same as scripts/galera.sh CMD
+#                                     (start, stop, kill N, start-node N, env, clean ...; see there)
 #
 #   eval "$(scripts/services.sh start)"     # MYSQL_URL, REDIS_URL, COINPAY_TEST_* in this shell
 #
@@ -334,6 +336,7 @@ do_clean() {
 }
 
 case ${1:-} in
+  galera)      shift; exec bash "$(dirname "$SELF")/galera.sh" "$@" ;;
   install)     do_install ;;
   start)       start_mariadb; start_redis; do_env ;;
   start-mysql) start_mariadb ;;

@@ -8,7 +8,9 @@
 # What it does:
 #   1. installs MariaDB + Redis if missing (scripts/services.sh install: apt-get),
 #   2. builds/reuses a Python venv in target/pyenv with wechatpy==1.8.18 + cryptography,
-#   3. starts a private MariaDB and Redis in a fresh temp dir, on loopback, on free ports,
+#   3. starts a private MariaDB and Redis in a fresh temp dir, on loopback, on free ports, and a
+#      three-node Galera cluster (scripts/galera.sh; galera-4 and rsync installed through apt)
+#      in the background: it boots while the rest is set up and the tests compile,
 #   4. exports the COINPAY_TEST_* variables (below) and runs `cargo test --all-targets "$@"`,
 #   5. always stops the servers and removes the temp dir on exit (success, failure, Ctrl-C),
 #      and exits with cargo's status.
@@ -23,6 +25,9 @@
 #                              SVC_DIR=$SVC_DIR/<name> REDIS_PORT=<free port> "$COINPAY_SERVICES_SCRIPT"
 #                              start-redis | stop-redis | clean  (sub-dirs of $SVC_DIR are stopped at exit)
 #   SVC_DIR                    this run's service dir (the services script needs it)
+#   COINPAY_TEST_GALERA_URLS   three mysql:// URLs (one per node) of a three-node Galera cluster
+#   COINPAY_TEST_GALERA_URL    one multi-host URL naming all three nodes
+#   GALERA_DIR, COINPAY_GALERA_SCRIPT   the cluster's dir and scripts/galera.sh (kill N, start-node N)
 #   COINPAY_TEST_PYTHON        python of the venv that has wechatpy + cryptography
 #   COINPAY_REQUIRE_SERVICES=1 (CI) a test must fail, not skip, when one of the above is missing
 #   MYSQL_URL, REDIS_URL       the same servers, for humans
@@ -81,6 +86,10 @@ CARGO_STARTED=0
 # shellcheck disable=SC2317  # (called through the trap)
 cleanup() {
   local rc=$1
+  if [[ -n ${GALERA_PID:-} ]] && alive "$GALERA_PID"; then kill -TERM "$GALERA_PID" 2>/dev/null; wait "$GALERA_PID" 2>/dev/null; fi
+  if [[ -n ${GALERA_DIR:-} && -d $GALERA_DIR && ${COINPAY_KEEP_SVC:-} != 1 ]]; then
+    GALERA_DIR=$GALERA_DIR bash "$ROOT/scripts/galera.sh" clean 2>&1 | sed 's/^/  /' >&2
+  fi
   if [[ -n $SVC_DIR && -d $SVC_DIR ]]; then
     if [[ ${COINPAY_KEEP_SVC:-} == 1 ]]; then
       say "COINPAY_KEEP_SVC=1: leaving the servers running in $SVC_DIR (stop: SVC_DIR=$SVC_DIR $SERVICES clean)"
@@ -127,6 +136,12 @@ for d in "$TMP_BASE"/coinpay-test.*; do
   say "cleaning up leftovers of an earlier run in $d"
   SVC_DIR=$d bash "$SERVICES" clean >/dev/null 2>&1 || true
 done
+for d in "$TMP_BASE"/coinpay-galera.*; do
+  [[ -d $d && -f $d/owner.pid ]] || continue
+  alive "$(cat "$d/owner.pid" 2>/dev/null)" && continue
+  say "cleaning up the Galera cluster of an earlier run in $d"
+  GALERA_DIR=$d bash "$ROOT/scripts/galera.sh" clean >/dev/null 2>&1 || true
+done
 
 # ---------------------------------------------------------------------------------------------
 # 1. MariaDB + Redis installed?
@@ -137,6 +152,25 @@ if ! bash "$SERVICES" install; then
   missing "could not install MariaDB/Redis (scripts/services.sh install failed)"
 fi
 say "install check: $(( $(now_ms) - t0 )) ms"
+
+# The Galera cluster (three nodes, about 35 s) boots in the background while the rest is set up
+# and the tests are compiled (step 5 waits for it), so that it adds next to nothing to the run.
+# Ports: a base below the ephemeral range whose twelve ports are free (lib.sh galera_base_port).
+GALERA_PID=
+unset COINPAY_TEST_GALERA_URLS COINPAY_TEST_GALERA_URL COINPAY_GALERA_SCRIPT GALERA_DIR
+if ((SERVICES_OK)) && bash "$ROOT/scripts/galera.sh" install; then
+  # Its own dir, not under $SVC_DIR (mode 700): the nodes run as user mysql, which must reach it.
+  GALERA_DIR=$(mktemp -d "$TMP_BASE/coinpay-galera.XXXXXX")
+  chmod 755 "$GALERA_DIR"
+  echo $$ >"$GALERA_DIR/owner.pid"
+  GALERA_BASE_PORT=$(galera_base_port)
+  export GALERA_DIR GALERA_BASE_PORT
+  GALERA_T0=$(now_ms)
+  bash "$ROOT/scripts/galera.sh" start >"$GALERA_DIR/env.sh" 2>"$GALERA_DIR/start.log" &
+  GALERA_PID=$!
+else
+  missing "could not install Galera (scripts/galera.sh install failed)"
+fi
 # >>> browser for tests/console.rs (scripts/browser.sh: Debian's chromium + chromium-driver)
 if bash "$ROOT/scripts/browser.sh" install; then eval "$(bash "$ROOT/scripts/browser.sh" env)"
 else missing "could not install chromium/chromium-driver (scripts/browser.sh install failed)"; fi
@@ -244,6 +278,7 @@ fi
 {
   echo "================================ coinpay tests ================================"
   echo " mariadb : $( ((MYSQL_OK)) && { mariadbd --version | sed 's/ for .*//;s/  */ /g'; echo " @ 127.0.0.1:$MY_PORT"; } | tr -d '\n' || echo 'NOT AVAILABLE - MariaDB tests skip')"
+  echo " galera  : $( [[ -n $GALERA_PID ]] && echo "3 nodes @ 127.0.0.1:$GALERA_BASE_PORT-$((GALERA_BASE_PORT + 2)), booting (awaited before the tests run)" || echo 'NOT AVAILABLE - Galera tests skip')"
   echo " redis   : $( ((REDIS_OK)) && { redis-server --version | cut -d' ' -f1-3; echo " @ 127.0.0.1:$REDIS_PORT"; } | tr -d '\n' || echo 'NOT AVAILABLE - Redis tests skip')"
   if ((PY_OK)); then
     echo " python  : $("$COINPAY_TEST_PYTHON" --version 2>&1) ($COINPAY_TEST_PYTHON)"
@@ -274,6 +309,26 @@ case $DEPLOY_RC in
 esac
 say "deploy checks: $(( $(now_ms) - t0 )) ms"
 # <<< deploy checks
+
+# ---------------------------------------------------------------------------------------------
+# 4b. Compile the tests while the cluster boots (cargo's own arguments are those before `--`),
+# then wait for it.
+if [[ -n $GALERA_PID ]]; then
+  BUILD_ARGS=()
+  for a in "$@"; do [[ $a == -- ]] && break; BUILD_ARGS+=("$a"); done
+  t0=$(now_ms)
+  "$CARGO_CMD" test --all-targets --no-run "${BUILD_ARGS[@]}" || say "compiling the tests failed; cargo test reports it below"
+  say "compile while the cluster boots: $(( $(now_ms) - t0 )) ms"
+  if wait "$GALERA_PID"; then
+    eval "$(cat "$GALERA_DIR/env.sh")"
+    export COINPAY_GALERA_SCRIPT=$ROOT/scripts/galera.sh
+    say "galera: 3 nodes Synced $(( $(now_ms) - GALERA_T0 )) ms after the start"
+  else
+    sed 's/^/  /' "$GALERA_DIR/start.log" >&2
+    missing "the Galera cluster did not start (GALERA_DIR=$GALERA_DIR)"
+  fi
+  GALERA_PID=
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 5. Run the tests; the EXIT trap stops the servers.

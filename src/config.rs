@@ -447,7 +447,7 @@ impl Settings {
             order_sweep_cron,
             sweep_batch_size: parse_or(src, "ORDER_SWEEP_BATCH", 200)?,
             sweep_concurrency: parse_or(src, "ORDER_SWEEP_CONCURRENCY", 8)?,
-            lease_secs: parse_or(src, "ORDER_SWEEP_LEASE_SECONDS", 120)?,
+            lease_secs: parse_or(src, "ORDER_SWEEP_LEASE_SECONDS", 15)?,
             reconcile_cron,
             reconcile_retry_secs: parse_or(src, "RECONCILE_RETRY_SECONDS", 1800)?,
             trusted_proxies: match opt(src, "TRUSTED_PROXIES") {

@@ -52,6 +52,9 @@ pub enum AppError {
     RefundOverdue,
     #[error("refunds are not configured on this server (no WeChat Pay client certificate)")]
     RefundsDisabled,
+    /// The request head is over the caps of [`crate::http::limits`].
+    #[error("request headers too large: {0}")]
+    HeadersTooLarge(String),
 }
 
 impl AppError {
@@ -83,6 +86,7 @@ impl AppError {
             AppError::TooManyRefunds => "too_many_refunds",
             AppError::RefundOverdue => "refund_overdue",
             AppError::RefundsDisabled => "refunds_disabled",
+            AppError::HeadersTooLarge(_) => "headers_too_large",
         }
     }
 
@@ -131,6 +135,7 @@ impl ResponseError for AppError {
             | AppError::Storage(_)
             | AppError::OrderBusy => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 

@@ -337,6 +337,11 @@ impl Metrics {
             m.db_up.clone(),
         );
         r.register(
+            "coinpay_db_retries",
+            "Database work run again after a Galera certification conflict, a deadlock or a lost node, by reason",
+            crate::store::galera::retries().clone(),
+        );
+        r.register(
             "coinpay_redis_up",
             "1 when Redis answered the last check (0 also when not configured)",
             m.redis_up.clone(),

@@ -143,14 +143,24 @@ fn pay_tls(
     Ok(Some(tls))
 }
 
-fn instance_holder(settings: &Settings) -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_default();
-    format!(
-        "{}:{}:{}",
-        settings.instance_id.as_deref().unwrap_or(&host),
-        std::process::id(),
-        &crate::wechat::sign::nonce()[..8]
-    )
+/// The sweeper lease's holder: stable for one host and listener, so that an instance restarted
+/// after a crash (kill -9, OOM) is the holder it was and sweeps again at its next tick instead of
+/// waiting out the lease it held. Two live instances never share it: on one host they cannot
+/// listen on the same address, and on two hosts their names differ (set `INSTANCE_ID` where
+/// hosts share a name, e.g. containers with a fixed hostname).
+fn instance_holder(settings: &Settings, addr: SocketAddr) -> String {
+    let host = settings.instance_id.clone().unwrap_or_else(host_name);
+    format!("{host}@{addr}")
+}
+
+/// The kernel's host name; `HOSTNAME` (which a shell sets but often does not export) otherwise.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 impl Application {
@@ -270,7 +280,7 @@ impl Application {
             jwt,
         });
 
-        let holder = instance_holder(&settings);
+        let holder = instance_holder(&settings, addr);
         let reconcile_cfg = ReconcileJobConfig {
             schedule: parse_cron("RECONCILE_CRON", &settings.reconcile_cron)?,
             retry: Duration::from_secs(settings.reconcile_retry_secs),
@@ -296,6 +306,7 @@ impl Application {
             App::new()
                 .app_data(app_state.clone())
                 .configure(http::extractor_config)
+                .wrap_fn(http::limits::cap_headers)
                 .wrap_fn(http::observe)
                 .configure(|c| http::routes(c, metrics_here))
                 .configure(|c| {

@@ -62,6 +62,10 @@ struct Cli {
     /// tasks) and its best rate is the limit [default: 1,16,64, smoke: its concurrency].
     #[arg(long, value_name = "C,C,..", value_delimiter = ',', value_parser = positive)]
     db_baseline_connections: Option<Vec<usize>>,
+    /// Service instances on the one database, every load spread evenly over them; on a
+    /// multi-host (Galera) URL instance k starts from the k-th node.
+    #[arg(long, value_name = "N", value_parser = positive, default_value = "1")]
+    instances: usize,
     /// DB_POOL_SIZE of the service.
     #[arg(long, value_name = "P", value_parser = positive, default_value = "10")]
     db_pool_size: usize,
@@ -159,6 +163,7 @@ pub struct Opts {
     pub db_pool_size: u32,
     /// The connections db-baseline is measured at, one row each.
     pub baseline_connections: Vec<usize>,
+    pub instances: usize,
     max_secs: u64,
     pub req_timeout: Duration,
     pub rust_log: String,
@@ -301,6 +306,7 @@ impl Opts {
             db_pool_size: u32::try_from(cli.db_pool_size)
                 .map_err(|_| "error: --db-pool-size is too large".to_string())?,
             baseline_connections,
+            instances: cli.instances,
             max_secs: pick(cli.max_secs, 180, 40) as u64,
             req_timeout: Duration::from_secs(if full { 30 } else { 15 }),
             rust_log: cli.rust_log,

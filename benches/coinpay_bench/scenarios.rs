@@ -19,7 +19,7 @@ use crate::harness::{ADMIN_TOKEN, Backend, Db, INTERNAL_TOKEN, SUCCESS, rand_suf
 use crate::http1::{Reply, call_once, json_request};
 use crate::opts::{Load, Opts};
 use crate::record::{Ctx, Outcome};
-use crate::service::Service;
+use crate::service::{self, Service};
 use crate::setup::{make_users, notification, pending_orders};
 use crate::stats::{Check, Stats, run_db};
 use crate::{Res, err};
@@ -139,7 +139,9 @@ struct Run<'a> {
     notify: Orders,
     /// The notifications that pay `notify.measured`, sent again by the duplicate scenarios.
     notify_reqs: Arc<Vec<Vec<u8>>>,
-    svc: Option<Service>,
+    /// The running instances (`--instances`; none before the service starts). Every load is
+    /// spread over them; memory figures are the first one's.
+    svcs: Vec<Service>,
     started: Instant,
     /// Orders paid so far (warm-ups included).
     paid: i64,
@@ -184,7 +186,7 @@ impl<'a> Run<'a> {
             baseline: Orders::default(),
             notify: Orders::default(),
             notify_reqs: Arc::default(),
-            svc: None,
+            svcs: Vec::new(),
             started: t0,
             paid: 0,
             cx: Ctx {
@@ -233,17 +235,25 @@ impl<'a> Run<'a> {
         self.work.path().join("coinpay.log")
     }
 
-    /// Starts the service and lets it settle; returns its resident memory then.
+    /// Starts the service's instances and lets them settle; returns the first one's resident
+    /// memory then.
     async fn start_service(&mut self) -> Res<u64> {
-        let svc = Service::start(self.o, self.db, self.work.path(), &self.log())?;
+        for k in 0..self.o.instances {
+            let svc = Service::start(self.o, self.db, k, self.work.path(), &self.log())?;
+            self.svcs.push(svc);
+        }
         tokio::time::sleep(SETTLE).await;
-        let rss = svc.rss_kb();
-        self.svc = Some(svc);
-        Ok(rss)
+        Ok(self.svc()?.rss_kb())
+    }
+
+    fn stop_service(&mut self) {
+        for svc in self.svcs.drain(..) {
+            svc.stop();
+        }
     }
 
     fn svc(&self) -> Res<&Service> {
-        running(&self.svc)
+        running(&self.svcs)
     }
 
     /// Runs one scenario if it is selected, records it and checks the books after it.
@@ -267,9 +277,8 @@ impl<'a> Run<'a> {
             Kind::NotifyDupLive => {
                 let reqs = self.notify_reqs.clone();
                 let success: Check = Arc::new(is_success);
-                self.svc()?
-                    .load(self.o, l.conc, reqs, l.count, success)
-                    .await
+                self.svc()?;
+                service::load(&self.svcs, self.o, l.conc, reqs, l.count, success).await
             }
             Kind::NotifyDupCold => self.notify_dup_cold(l).await?,
             Kind::CreateOrder => self.create_order(l).await?,
@@ -326,14 +335,14 @@ impl<'a> Run<'a> {
             .collect();
         let n_warm = warm_reqs.len();
         let success: Check = Arc::new(is_success);
-        let svc = running(&self.svc)?;
-        let w = svc
-            .http(self.o, l.conc, Arc::new(warm_reqs), n_warm, success.clone())
-            .await;
+        let svcs = &self.svcs;
+        let svc = running(svcs)?;
+        let warm = Arc::new(warm_reqs);
+        let w = service::http(svcs, self.o, l.conc, warm, n_warm, success.clone()).await;
         self.paid += self.cx.warmed("notify-paid", w);
         let reqs = self.notify_reqs.clone();
         let n = reqs.len();
-        let s = svc.load(self.o, l.conc, reqs, n, success).await;
+        let s = service::load(svcs, self.o, l.conc, reqs, n, success).await;
         let (rss, actors) = (svc.rss_kb(), svc.metric("coinpay_order_actors").await);
         let m = &mut self.cx.out.memory;
         (m.live_kb, m.live_actors) = (rss, actors.unwrap_or(0.0));
@@ -343,16 +352,13 @@ impl<'a> Run<'a> {
     /// A restart first: every actor is gone, and each notification starts one that loads its
     /// order.
     async fn notify_dup_cold(&mut self, l: Load) -> Res<Stats> {
-        if let Some(svc) = self.svc.take() {
-            svc.stop();
-        }
+        self.stop_service();
         self.cx.out.memory.cold_before_kb = self.start_service().await?;
         let svc = self.svc()?;
         let reqs = self.notify_reqs.clone();
         let n = l.count.min(reqs.len());
-        let s = svc
-            .load(self.o, l.conc, reqs, n, Arc::new(is_success))
-            .await;
+        let success: Check = Arc::new(is_success);
+        let s = service::load(&self.svcs, self.o, l.conc, reqs, n, success).await;
         let (rss, actors) = (svc.rss_kb(), svc.metric("coinpay_order_actors").await);
         let m = &mut self.cx.out.memory;
         (m.cold_after_kb, m.cold_actors) = (rss, actors.unwrap_or(0.0));
@@ -385,9 +391,7 @@ impl<'a> Run<'a> {
                     v["status"] == "pending" && v["pay_params"]["package"].is_string()
                 })
         });
-        Ok(svc
-            .load(self.o, l.conc, Arc::new(reqs), l.count, check)
-            .await)
+        Ok(service::load(&self.svcs, self.o, l.conc, Arc::new(reqs), l.count, check).await)
     }
 
     /// Every user needs balance for their share: topped up through the admin API if not.
@@ -428,17 +432,13 @@ impl<'a> Run<'a> {
             r.status == 200
                 && serde_json::from_slice::<Value>(&r.body).is_ok_and(|v| v["replayed"] == false)
         });
-        Ok(svc
-            .load(self.o, l.conc, Arc::new(reqs), l.count, check)
-            .await)
+        Ok(service::load(&self.svcs, self.o, l.conc, Arc::new(reqs), l.count, check).await)
     }
 
     /// Stops the service; an ERROR line in its log fails the run (the log is kept).
     fn finish(mut self) -> Outcome {
         let backend = self.cx.backend;
-        if let Some(svc) = self.svc.take() {
-            svc.stop();
-        }
+        self.stop_service();
         let log = self.log();
         let errors_in_log = std::fs::read_to_string(&log)
             .map(|s| s.lines().filter(|l| l.contains(" ERROR ")).count())
@@ -461,8 +461,8 @@ impl<'a> Run<'a> {
     }
 }
 
-fn running(svc: &Option<Service>) -> Res<&Service> {
-    svc.as_ref()
+fn running(svcs: &[Service]) -> Res<&Service> {
+    svcs.first()
         .ok_or_else(|| err("the service is not running"))
 }
 

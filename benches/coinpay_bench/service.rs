@@ -1,5 +1,6 @@
-//! The service under load: the real binary (started through the shared harness), its memory
-//! and CPU time read from /proc, and the loads sent to it.
+//! The service under load: the real binary (started through the shared harness), one instance
+//! or several on the same database, its memory and CPU time read from /proc, and the loads sent
+//! to it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,9 +18,10 @@ pub struct Service {
 }
 
 impl Service {
-    /// `serve --sandbox` on `db` with the internal and admin APIs open, its log appended to
-    /// `log`, in `cwd`.
-    pub fn start(o: &Opts, db: &Db, cwd: &Path, log: &Path) -> Res<Service> {
+    /// Instance `k` of `serve --sandbox` on `db` with the internal and admin APIs open, its log
+    /// appended to `log`, in `cwd`. On a multi-host (Galera) URL instance k starts from the
+    /// k-th node, as the README advises to spread instances over the nodes.
+    pub fn start(o: &Opts, db: &Db, k: usize, cwd: &Path, log: &Path) -> Res<Service> {
         let logf = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -37,6 +39,9 @@ impl Service {
         if let Some((h, p)) = &o.redis {
             env.push(("REDIS_HOST".into(), h.clone()));
             env.push(("REDIS_PORT".into(), p.to_string()));
+        }
+        if k > 0 {
+            env.push(("DATABASE_URL".into(), rotate_hosts(&db.url, k)));
         }
         env.extend(o.svc_env.iter().cloned());
         match Process::spawn(&o.bin, &args, env, cwd, Some(logf)) {
@@ -77,45 +82,6 @@ impl Service {
             .unwrap_or(0)
     }
 
-    /// Sends `reqs` (cycling, `count` in all) over `conc` connections, bounded by the options'
-    /// deadline and request timeout, and notes the service's CPU time per request.
-    pub async fn load(
-        &self,
-        o: &Opts,
-        conc: usize,
-        reqs: Arc<Vec<Vec<u8>>>,
-        count: usize,
-        check: Check,
-    ) -> Stats {
-        let before = self.cpu_ticks();
-        let mut s = self.http(o, conc, reqs, count, check).await;
-        let ticks = self.cpu_ticks().saturating_sub(before);
-        let n = (s.ok + s.errors).max(1);
-        s.svc_cpu_us = Some(ticks as f64 * 10_000.0 / n as f64);
-        s
-    }
-
-    /// The same load, unmeasured (a warm-up).
-    pub async fn http(
-        &self,
-        o: &Opts,
-        conc: usize,
-        reqs: Arc<Vec<Vec<u8>>>,
-        count: usize,
-        check: Check,
-    ) -> Stats {
-        run_http(
-            &self.addr,
-            conc,
-            reqs,
-            count,
-            check,
-            o.deadline(),
-            o.req_timeout,
-        )
-        .await
-    }
-
     /// One sample of the service's /metrics.
     pub async fn metric(&self, series: &str) -> Option<f64> {
         let r = call_once(
@@ -131,4 +97,63 @@ impl Service {
     pub fn stop(mut self) {
         self.process.terminate(Duration::from_secs(20));
     }
+}
+
+/// Sends `reqs` (cycling, `count` in all) over `conc` connections spread over the instances
+/// `svcs`, bounded by the options' deadline and request timeout, and notes the service's CPU
+/// time per request (of all instances together).
+pub async fn load(
+    svcs: &[Service],
+    o: &Opts,
+    conc: usize,
+    reqs: Arc<Vec<Vec<u8>>>,
+    count: usize,
+    check: Check,
+) -> Stats {
+    let cpu = || svcs.iter().map(Service::cpu_ticks).sum::<u64>();
+    let before = cpu();
+    let mut s = http(svcs, o, conc, reqs, count, check).await;
+    let ticks = cpu().saturating_sub(before);
+    let n = (s.ok + s.errors).max(1);
+    s.svc_cpu_us = Some(ticks as f64 * 10_000.0 / n as f64);
+    s
+}
+
+/// The same load, unmeasured (a warm-up).
+pub async fn http(
+    svcs: &[Service],
+    o: &Opts,
+    conc: usize,
+    reqs: Arc<Vec<Vec<u8>>>,
+    count: usize,
+    check: Check,
+) -> Stats {
+    let addrs: Vec<String> = svcs.iter().map(|s| s.addr.clone()).collect();
+    run_http(
+        &addrs,
+        conc,
+        reqs,
+        count,
+        check,
+        o.deadline(),
+        o.req_timeout,
+    )
+    .await
+}
+
+/// `url` with its host list rotated by `k` (`h1,h2,h3` becomes `h2,h3,h1` for 1); a URL of one
+/// host comes back unchanged.
+fn rotate_hosts(url: &str, k: usize) -> String {
+    let Some(rest) = url.strip_prefix("mysql://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (user, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    let mut hosts: Vec<&str> = hosts.split(',').collect();
+    let n = hosts.len();
+    hosts.rotate_left(k % n);
+    format!("mysql://{user}{}{path}", hosts.join(","))
 }

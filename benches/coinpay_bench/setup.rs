@@ -22,7 +22,10 @@ impl Db {
             let Some((_, name)) = self.url.rsplit_once('/') else {
                 return;
             };
-            if let Ok(mut c) = AsyncMysqlConnection::establish(server).await {
+            let Ok(first) = crate::harness::lib_api::first_node(server) else {
+                return;
+            };
+            if let Ok(mut c) = AsyncMysqlConnection::establish(&first).await {
                 let _ = c.batch_execute(&format!("DROP DATABASE {name}")).await;
             }
         }

@@ -53,10 +53,10 @@ impl Stats {
 /// Whether a reply is the one the scenario expects.
 pub type Check = Arc<dyn Fn(&Reply) -> bool>;
 
-/// Sends `reqs[i % reqs.len()]` for i in 0..count over `conc` keep-alive connections; bounded by
-/// `count` and by `deadline`.
+/// Sends `reqs[i % reqs.len()]` for i in 0..count over `conc` keep-alive connections, spread
+/// over the service instances at `addrs`; bounded by `count` and by `deadline`.
 pub async fn run_http(
-    addr: &str,
+    addrs: &[String],
     conc: usize,
     reqs: Arc<Vec<Vec<u8>>>,
     count: usize,
@@ -67,9 +67,10 @@ pub async fn run_http(
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut handles = Vec::new();
-    for _ in 0..conc.max(1) {
-        let (next, reqs, check, addr) =
-            (next.clone(), reqs.clone(), check.clone(), addr.to_string());
+    for c in 0..conc.max(1) {
+        // Connection c goes to instance c mod n: the load is spread evenly over them.
+        let addr = addrs[c % addrs.len()].clone();
+        let (next, reqs, check) = (next.clone(), reqs.clone(), check.clone());
         handles.push(actix_rt::spawn(async move {
             let mut st = Stats::default();
             let mut conn: Option<Conn> = None;

@@ -9,6 +9,7 @@ pub mod client;
 pub mod client_ip;
 pub mod console;
 pub mod internal;
+pub mod limits;
 pub mod ops;
 pub mod reconciliations;
 pub mod refund_callback;

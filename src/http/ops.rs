@@ -1,5 +1,7 @@
 //! Liveness, readiness and metrics for operators.
 
+use std::time::Duration;
+
 use actix_web::{HttpResponse, get, web};
 use serde_json::json;
 
@@ -12,34 +14,52 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// 503 with the reason when the database (or a configured Redis) does not answer.
+/// Each readiness check gets this long: a database or Redis that hangs (a frozen server, a
+/// half-open connection) must not hang the probe, which load balancers time out at about 1 s.
+const CHECK_TIMEOUT: Duration = Duration::from_millis(700);
+
+/// What one check found, as /readyz reports it.
+async fn check<E: std::fmt::Display>(
+    what: &str,
+    probe: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("down: {e}")),
+        Err(_) => Err(format!(
+            "timeout: {what} did not answer within {} ms",
+            CHECK_TIMEOUT.as_millis()
+        )),
+    }
+}
+
+/// 503 naming what did not answer when the database (or a configured Redis) is down or does
+/// not answer within [`CHECK_TIMEOUT`]; the checks run at once, so the probe answers within it.
 #[get("/readyz")]
 pub async fn readyz(st: web::Data<AppState>) -> HttpResponse {
+    let db = check("the database", st.db.ping());
+    let redis = async {
+        match &st.redis {
+            Some(pool) => Some(check("Redis", redis_ping(pool)).await),
+            None => None,
+        }
+    };
+    let (db, redis) = futures_util::future::join(db, redis).await;
     let mut checks = serde_json::Map::new();
     let mut ready = true;
-    match st.db.ping().await {
-        Ok(()) => {
-            checks.insert("database".into(), json!("ok"));
-            st.metrics.db_up.set(1);
-        }
-        Err(e) => {
-            ready = false;
-            st.metrics.db_up.set(0);
-            checks.insert("database".into(), json!(format!("down: {e}")));
-        }
-    }
-    if let Some(pool) = &st.redis {
-        match redis_ping(pool).await {
-            Ok(()) => {
-                st.metrics.redis_up.set(1);
-                checks.insert("redis".into(), json!("ok"));
-            }
-            Err(e) => {
-                ready = false;
-                st.metrics.redis_up.set(0);
-                checks.insert("redis".into(), json!(format!("down: {e}")));
-            }
-        }
+    st.metrics.db_up.set(db.is_ok() as i64);
+    ready &= db.is_ok();
+    checks.insert(
+        "database".into(),
+        json!(db.err().unwrap_or_else(|| "ok".into())),
+    );
+    if let Some(r) = redis {
+        st.metrics.redis_up.set(r.is_ok() as i64);
+        ready &= r.is_ok();
+        checks.insert(
+            "redis".into(),
+            json!(r.err().unwrap_or_else(|| "ok".into())),
+        );
     }
     let body = json!({ "status": if ready { "ready" } else { "unavailable" }, "checks": checks });
     if ready {
@@ -60,7 +80,15 @@ pub async fn metrics(st: web::Data<AppState>) -> HttpResponse {
 /// Gauges read at scrape time.
 pub async fn refresh_gauges(st: &AppState) {
     let m = &st.metrics;
-    match orders::pending_stats(&st.db).await {
+    // Bounded like /readyz: a frozen database must not hang the scrape.
+    let stats = tokio::time::timeout(CHECK_TIMEOUT, orders::pending_stats(&st.db))
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::store::StoreError::Connection(
+                "no answer within the readiness timeout".into(),
+            ))
+        });
+    match stats {
         Ok((count, oldest)) => {
             m.db_up.set(1);
             m.pending_orders.set(count);
@@ -91,7 +119,7 @@ pub async fn refresh_gauges(st: &AppState) {
             .set(v as i64);
     }
     let redis_up = match &st.redis {
-        Some(pool) => redis_ping(pool).await.is_ok(),
+        Some(pool) => check("Redis", redis_ping(pool)).await.is_ok(),
         None => false,
     };
     m.redis_up.set(redis_up as i64);

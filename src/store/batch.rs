@@ -35,8 +35,9 @@ use super::{MysqlPool, StoreError};
 /// How many batches may be in flight at once.
 pub const BATCHERS: usize = 4;
 
-/// Runs of a batch whose transaction was lost before it gives up.
-pub const ATTEMPTS: usize = 3;
+/// Runs of a batch whose transaction was lost (a deadlock, a Galera certification conflict, a
+/// lost node) before it gives up; each run after the first waits a jittered back-off.
+pub const ATTEMPTS: usize = 6;
 
 /// A write of a batch: run on the batch's connection (inside its savepoint), maybe more than once
 /// when the batch's transaction is lost and run again.
@@ -162,7 +163,17 @@ async fn run_batch(pool: &MysqlPool, batch: &mut [Box<dyn Job>]) -> Result<(), S
             Err(Failed::Lost(e)) => {
                 tracing::warn!(error = %e, attempt, jobs = batch.len(), "a MySQL batch's transaction was lost; running it again");
                 super::discard(c);
+                let reason = super::galera::query_retry_reason(&e);
+                if let Some(reason) = reason {
+                    super::galera::count_retry(reason);
+                }
+                if reason != Some("deadlock") {
+                    // The node may have left the primary component: its idle connections
+                    // must not pass the next check-outs.
+                    super::recheck(&pool.recheck_until);
+                }
                 last = format!("the transaction was lost: {e}");
+                tokio::time::sleep(super::galera::backoff(attempt as u32)).await;
             }
         }
     }
@@ -189,7 +200,15 @@ async fn run_once(c: &mut AsyncMysqlConnection, batch: &mut [Box<dyn Job>]) -> R
             (false, false) => return Tm::rollback_transaction(c).await.map_err(Failed::Lost),
         }
     }
-    Tm::commit_transaction(c)
-        .await
-        .map_err(|e| Failed::Final(format!("the batch did not commit: {e}")))
+    Tm::commit_transaction(c).await.map_err(|e| {
+        // A Galera certification conflict is reported by the COMMIT (as a deadlock), and the
+        // node rolled the whole transaction back: the batch runs again. So does one whose
+        // connection was lost at the COMMIT, which may have committed: every write is a
+        // compare-and-set or unique, so running it again changes nothing twice.
+        if super::galera::query_retry_reason(&e).is_some() {
+            Failed::Lost(e)
+        } else {
+            Failed::Final(format!("the batch did not commit: {e}"))
+        }
+    })
 }

@@ -15,6 +15,7 @@
 
 pub mod batch;
 pub mod columns;
+pub mod galera;
 pub mod leases;
 pub mod ledger;
 pub mod orders;
@@ -40,6 +41,7 @@ use diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection}
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 use secrecy::ExposeSecret;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::config::DbUrl;
 
@@ -121,6 +123,9 @@ pub fn execute_blocking(
 pub async fn execute(pool: &DbPool, stmt: impl Statement + 'static) -> Result<usize, StoreError> {
     match pool {
         DbPool::Mysql(p) => {
+            // Not retried here: the statement is consumed. A single statement that lost a
+            // certification conflict is reported; its callers (leases, inserts) try again on
+            // their own terms (the next sweep tick, the client's retry).
             let mut c = p.get().await?;
             Ok(diesel_async::RunQueryDsl::execute(stmt, &mut *c).await?)
         }
@@ -131,6 +136,8 @@ pub async fn execute(pool: &DbPool, stmt: impl Statement + 'static) -> Result<us
 /// A MySQL connection from [`MysqlPool`], with the caller's turn.
 pub struct MysqlConn<'a> {
     conn: diesel_async::pooled_connection::bb8::PooledConnection<'a, AsyncMysqlConnection>,
+    /// The pool's [`MysqlPool::recheck_until`], set when this connection is discarded.
+    recheck_until: &'a AtomicI64,
     // Dropped after `conn`: the connection is back in the pool before the next caller is let in.
     _turn: tokio::sync::SemaphorePermit<'a>,
 }
@@ -163,11 +170,26 @@ pub struct MysqlPool {
     /// Group commit of the writes that are whole units (see [`Self::write`]); `None` when
     /// every write is a transaction of its own (`COINPAY_WRITE_BATCH=1`).
     batcher: Option<batch::Batcher>,
+    /// Checked connections tried before giving up: a node that died leaves every idle
+    /// connection to it broken, and each is discarded in turn before a new one is made.
+    attempts: usize,
+    /// Until when (ms since the epoch) check-outs ask the node whether it is synced in the
+    /// primary component instead of sending `SELECT 1`. A Galera node that has left the
+    /// primary component still answers `SELECT 1` and refuses every query on a table
+    /// ("WSREP has not yet prepared node"), so after such a refusal, or any discarded
+    /// connection, the idle connections to it must be told apart from the good ones for a
+    /// while; the rest of the time the cheap check does.
+    recheck_until: std::sync::Arc<AtomicI64>,
 }
+
+/// How long check-outs ask for the node's state after a refusal or a discarded connection.
+const RECHECK_MS: i64 = 5_000;
 
 /// Checked connections tried before giving up (each failed one is discarded).
 const CHECKOUT_ATTEMPTS: usize = 3;
 const CHECKOUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Retries of one piece of work after a conflict or a lost node (see [`MysqlPool::retrying`]).
+const TX_RETRIES: u32 = 6;
 
 impl MysqlPool {
     async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
@@ -180,48 +202,137 @@ impl MysqlPool {
         }
     }
 
-    /// A connection that has just answered `SELECT 1`.
+    /// A connection that has just answered `SELECT 1` (or, while [`Self::recheck_until`]
+    /// lasts, said that its node is synced in the primary component).
     pub async fn get(&self) -> Result<MysqlConn<'_>, StoreError> {
         use diesel::IntoSql;
         use diesel_async::RunQueryDsl;
         let turn = self.turn().await?;
-        let mut last = None;
-        for _ in 0..CHECKOUT_ATTEMPTS {
+        let mut last = String::new();
+        for _ in 0..self.attempts {
             let mut conn = self.pool.get().await?;
-            match diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
-                .get_result::<i32>(&mut *conn)
-                .await
-            {
-                Ok(_) => return Ok(MysqlConn { conn, _turn: turn }),
+            let checked = if self.rechecking() {
+                galera::check_synced(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())
+            } else {
+                diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
+                    .get_result::<i32>(&mut *conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            match checked {
+                Ok(()) => {
+                    return Ok(MysqlConn {
+                        conn,
+                        recheck_until: &self.recheck_until,
+                        _turn: turn,
+                    });
+                }
                 Err(e) => {
                     mark_broken(&mut conn);
-                    last = Some(e);
+                    last = e;
                 }
             }
         }
         Err(StoreError::Connection(format!(
-            "no working connection after {CHECKOUT_ATTEMPTS} attempts: {}",
-            last.map_or_else(String::new, |e| e.to_string())
+            "no working connection after {} attempts: {last}",
+            self.attempts
         )))
+    }
+
+    fn rechecking(&self) -> bool {
+        now_ms() < self.recheck_until.load(Ordering::Relaxed)
     }
 
     /// A connection not checked yet: the caller's first statement must be a read that it
     /// runs again on [`Self::get`]'s connection when it fails (after [`discard`]ing this one).
     pub async fn get_for_read(&self) -> Result<MysqlConn<'_>, StoreError> {
+        if self.rechecking() {
+            return self.get().await;
+        }
         let turn = self.turn().await?;
         let conn = self.pool.get().await?;
-        Ok(MysqlConn { conn, _turn: turn })
+        Ok(MysqlConn {
+            conn,
+            recheck_until: &self.recheck_until,
+            _turn: turn,
+        })
+    }
+
+    /// Runs `work` (a transaction or a query on a connection it takes), again when it failed in
+    /// a way that says "try again" rather than "this is wrong": a Galera certification
+    /// conflict or an InnoDB deadlock (both 1213), a node that is not (or no longer) in the
+    /// primary component, a connection lost mid-way. Bounded, with jittered back-off; each
+    /// retry counted in `coinpay_db_retries_total{reason}`.
+    ///
+    /// Safe to repeat: a failed transaction was rolled back; one whose COMMIT was lost on the
+    /// wire either did not commit, or did and its repetition finds the row moved on (every
+    /// order transition is a compare-and-set on the row's version, every ledger row unique
+    /// by request_id) and changes nothing.
+    pub async fn retrying<T>(
+        &self,
+        mut work: impl AsyncFnMut() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut attempt = 0;
+        loop {
+            match work().await {
+                Err(e) => match self.retry_after(&e, &mut attempt) {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    None => return Err(e),
+                },
+                r => return r,
+            }
+        }
+    }
+
+    /// Whether work that failed with `e` on try `attempt` is to be run again, and after what
+    /// pause: counted in `coinpay_db_retries_total{reason}`, and after anything but a deadlock
+    /// the next check-outs ask the node whether it is still synced.
+    fn retry_after(&self, e: &StoreError, attempt: &mut u32) -> Option<std::time::Duration> {
+        if *attempt >= TX_RETRIES {
+            return None;
+        }
+        let reason = galera::retry_reason(e)?;
+        *attempt += 1;
+        galera::count_retry(reason);
+        if reason != "deadlock" {
+            // The node may be out of the primary component: its idle connections must not
+            // pass the next check-outs.
+            recheck(&self.recheck_until);
+        }
+        tracing::debug!(error = %e, reason, attempt = *attempt, "retrying the database work");
+        Some(galera::backoff(*attempt))
     }
 
     /// Runs `work`, a unit on its own (one statement, or its statements in a transaction of
     /// its own), and returns its result once it is committed: with group commit on, in the
-    /// transaction of a batch ([`batch`]); else on a checked connection of its own.
+    /// transaction of a batch ([`batch`]); else on a checked connection of its own. Either
+    /// way the work is run again when it failed in a way that says "try again" (a Galera
+    /// certification conflict, a node that left the primary component: see [`Self::retrying`]);
+    /// a batch that lost its transaction is first run again by its batcher.
     pub async fn write<R: Send + 'static>(&self, work: batch::Work<R>) -> Result<R, StoreError> {
-        match &self.batcher {
-            Some(b) => b.run(work).await,
-            None => {
-                let mut c = self.get().await?;
-                Ok(work(&mut c).await?)
+        // Not `retrying`: its async closure would borrow `work` across the await, which makes
+        // the future not `Send` for every lifetime, as a spawned task needs.
+        let work = std::sync::Arc::new(work);
+        let mut attempt = 0;
+        loop {
+            let w = work.clone();
+            let once: batch::Work<R> = Box::new(move |c| w(c));
+            let result = match &self.batcher {
+                Some(b) => b.run(once).await,
+                None => match self.get().await {
+                    Ok(mut c) => once(&mut c).await.map_err(StoreError::from),
+                    Err(e) => Err(e),
+                },
+            };
+            match result {
+                Err(e) => match self.retry_after(&e, &mut attempt) {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    None => return Err(e),
+                },
+                r => return r,
             }
         }
     }
@@ -243,9 +354,15 @@ fn mark_broken(conn: &mut AsyncMysqlConnection) {
     diesel_async::AnsiTransactionManager::transaction_manager_status_mut(conn).set_in_error();
 }
 
-/// Gives up a connection that failed: the pool drops it instead of taking it back.
+/// Gives up a connection that failed: the pool drops it instead of taking it back, and the
+/// next check-outs ask their nodes for their state for a while (see `MysqlPool::recheck_until`).
 pub fn discard(mut c: MysqlConn<'_>) {
+    recheck(c.recheck_until);
     mark_broken(&mut c);
+}
+
+fn recheck(until: &AtomicI64) {
+    until.fetch_max(now_ms() + RECHECK_MS, Ordering::Relaxed);
 }
 
 /// Runs the read `$body` with `$conn` bound to a connection of either backend: the body is
@@ -255,9 +372,12 @@ macro_rules! with_read {
     ($pool:expr, $conn:ident => $body:expr) => {{
         match $pool {
             $crate::store::DbPool::Mysql(p) => {
-                let mut g = p.get().await?;
-                let $conn = &mut *g;
-                $body
+                p.retrying(async || {
+                    let mut g = p.get().await?;
+                    let $conn = &mut *g;
+                    Ok::<_, $crate::store::StoreError>($body)
+                })
+                .await?
             }
             $crate::store::DbPool::Sqlite { read: p, .. } => {
                 let mut g = p.get().await?;
@@ -312,7 +432,16 @@ impl DbPool {
     }
 
     async fn connect_mysql(url: &str, size: u32, write_batch: usize) -> Result<Self, StoreError> {
-        let mgr = AsyncDieselConnectionManager::<AsyncMysqlConnection>::new(url);
+        let nodes = galera::Nodes::parse(url)?;
+        let first = nodes.first().to_string();
+        let mut cfg = ManagerConfig::<AsyncMysqlConnection>::default();
+        // Every new connection goes to a node that is up and, on Galera, synced in the
+        // primary component; the manager's own URL is only the first node's.
+        cfg.custom_setup = Box::new(move |_| {
+            let nodes = nodes.clone();
+            async move { nodes.connect().await }.boxed()
+        });
+        let mgr = AsyncDieselConnectionManager::<AsyncMysqlConnection>::new_with_config(first, cfg);
         // Checked by MysqlPool::get instead (see there).
         let pool = Pool::builder()
             .max_size(size)
@@ -325,6 +454,8 @@ impl DbPool {
             pool,
             gate: std::sync::Arc::new(tokio::sync::Semaphore::new(size as usize)),
             batcher: None,
+            attempts: CHECKOUT_ATTEMPTS.max(size as usize + 1),
+            recheck_until: std::sync::Arc::new(AtomicI64::new(0)),
         };
         // The batching tasks hold the pool without the batcher, so that they end with it.
         let batcher =
@@ -405,21 +536,59 @@ pub async fn run_migrations(url: &DbUrl) -> Result<usize, StoreError> {
         .map_err(|e| StoreError::Migration(e.to_string()))?
 }
 
+/// Migration attempts on MySQL (see [`migrate_blocking`]).
+const MIGRATION_RETRIES: u32 = 8;
+
+/// A blocking connection for migrations: to the first node that answers, in the nodes' sorted
+/// order rather than the URL's. Instances list the nodes in orders of their own (each starts
+/// from another node), but `GET_LOCK` is local to one Galera node: taken on the same node by
+/// every instance, it keeps them from applying a migration at once. (Two at once would run the
+/// same DDL on two nodes; DDL is not transactional, and a migration that failed half-way leaves
+/// tables that make it fail again forever.)
+fn mysql_blocking_connection(
+    url: &str,
+) -> Result<AsyncConnectionWrapper<AsyncMysqlConnection>, StoreError> {
+    use diesel::Connection;
+    let mut last = String::new();
+    let mut nodes = galera::Nodes::parse(url)?.urls().to_vec();
+    nodes.sort();
+    for node in &nodes {
+        match <AsyncConnectionWrapper<AsyncMysqlConnection> as Connection>::establish(node) {
+            Ok(c) => return Ok(c),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(StoreError::Connection(last))
+}
+
 fn migrate_blocking(url: &DbUrl) -> Result<usize, StoreError> {
     let mig = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
     match url {
+        // GET_LOCK keeps instances from racing on DDL (MySQL DDL is not transactional); on
+        // Galera it is local to one node, so every instance takes it on the same node (see
+        // `mysql_blocking_connection`). Should they still meet (that node was down for one of
+        // them), the loser fails ("already exists"), reads the applied set again and carries
+        // on from there.
         DbUrl::Mysql(url) => {
-            use diesel::Connection;
-            let mut c = <AsyncConnectionWrapper<AsyncMysqlConnection> as Connection>::establish(
-                url.expose_secret(),
-            )
-            .map_err(|e| StoreError::Connection(e.to_string()))?;
-            // Instances starting together must not race on DDL (MySQL DDL is not transactional).
-            SimpleConnection::batch_execute(&mut c, "DO GET_LOCK('coinpay_migrations', 120)")?;
-            let r = c.run_pending_migrations(MYSQL_MIGRATIONS).map(|v| v.len());
-            let _ =
-                SimpleConnection::batch_execute(&mut c, "DO RELEASE_LOCK('coinpay_migrations')");
-            r.map_err(mig)
+            let mut attempt = 0;
+            loop {
+                let mut c = mysql_blocking_connection(url.expose_secret())?;
+                SimpleConnection::batch_execute(&mut c, "DO GET_LOCK('coinpay_migrations', 120)")?;
+                let r = c.run_pending_migrations(MYSQL_MIGRATIONS).map(|v| v.len());
+                let _ = SimpleConnection::batch_execute(
+                    &mut c,
+                    "DO RELEASE_LOCK('coinpay_migrations')",
+                );
+                match r {
+                    Ok(n) => return Ok(n),
+                    Err(e) if attempt < MIGRATION_RETRIES => {
+                        attempt += 1;
+                        tracing::warn!(error = %e, attempt, "migration failed (another instance may be applying it); reading the applied set again");
+                        std::thread::sleep(galera::backoff(attempt + 4));
+                    }
+                    Err(e) => return Err(mig(e)),
+                }
+            }
         }
         DbUrl::Sqlite(path) => {
             use diesel::Connection;
@@ -447,11 +616,7 @@ pub async fn pending_migrations(url: &DbUrl) -> Result<usize, StoreError> {
             |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
         match &url {
             DbUrl::Mysql(url) => {
-                let mut c =
-                    <AsyncConnectionWrapper<AsyncMysqlConnection> as Connection>::establish(
-                        url.expose_secret(),
-                    )
-                    .map_err(|e| StoreError::Connection(e.to_string()))?;
+                let mut c = mysql_blocking_connection(url.expose_secret())?;
                 c.pending_migrations(MYSQL_MIGRATIONS)
                     .map(|v| v.len())
                     .map_err(mig)

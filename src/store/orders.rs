@@ -421,7 +421,21 @@ where
                     planned.written(moved)
                 }
                 Plan::Write(planned) => {
-                    let moved = planned.t.write(&mut c).await?;
+                    let moved = match planned.t.write(&mut c).await {
+                        Ok(moved) => moved,
+                        // A Galera certification conflict (or a lost node): reported as lost,
+                        // so the caller reloads and decides again, and its write is retried
+                        // (`MysqlPool::retrying`).
+                        Err(e) => {
+                            let e = StoreError::from(e);
+                            let Some(reason) = super::galera::retry_reason(&e) else {
+                                return Err(e);
+                            };
+                            super::galera::count_retry(reason);
+                            super::discard(c);
+                            false
+                        }
+                    };
                     planned.written(moved)
                 }
                 Plan::Done(decided) => decided,

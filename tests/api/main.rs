@@ -13,6 +13,8 @@ mod helpers;
 mod console;
 mod deploy_backup;
 mod foundation;
+mod galera;
+mod ha;
 mod ops;
 mod payments;
 mod reconcile;

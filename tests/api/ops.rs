@@ -761,7 +761,7 @@ async fn sigterm_is_graceful(backend: Backend) {
     check_orders_against_ledger(&db, user_id, &acked).await;
     drop(a);
 
-    // Restart on the same database: the lease was given back (120 s otherwise), the books
+    // Restart on the same database: the lease was given back (ORDER_SWEEP_LEASE_SECONDS otherwise), the books
     // still balance, and it stops cleanly again.
     let mut b = sweeping(&db).spawn();
     wait_until(

@@ -13,7 +13,8 @@ pub struct Db {
 
 impl Db {
     /// Creates the database (empty: see [`Db::migrate`]). `prefix` names whose it is on a shared
-    /// MariaDB server (`coinpay_t` for tests, `coinpay_b` for the benchmark).
+    /// MariaDB server (`coinpay_t` for tests, `coinpay_b` for the benchmark). The server URL may
+    /// name several (Galera) nodes: the database is created on the first and replicated.
     pub async fn create(backend: &Backend, prefix: &str) -> Result<Db, String> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{prefix}."))
@@ -24,7 +25,7 @@ impl Db {
             Backend::Mysql(base) => {
                 use diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection};
                 let name = format!("{prefix}_{}", rand_suffix());
-                let mut c = AsyncMysqlConnection::establish(base)
+                let mut c = AsyncMysqlConnection::establish(&lib_api::first_node(base)?)
                     .await
                     .map_err(|e| format!("connect to the MariaDB at {base}: {e}"))?;
                 c.batch_execute(&format!(

@@ -30,6 +30,14 @@ pub(super) async fn connect(url: &str, size: u32, write_batch: usize) -> Result<
         .map_err(|e| format!("connect to {url}: {e}"))
 }
 
+/// The first node's URL of a (possibly multi-host, Galera) MariaDB URL: where databases are
+/// created and dropped.
+pub fn first_node(url: &str) -> Result<String, String> {
+    coinpay::store::galera::Nodes::parse(url)
+        .map(|n| n.first().to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// Broken rules of the books, one line each: a balance that is not the sum of its ledger, a
 /// negative balance, an order credited twice.
 pub async fn invariant_violations(pool: &DbPool) -> Result<Vec<String>, String> {
