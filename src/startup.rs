@@ -185,7 +185,7 @@ impl Application {
         let db = DbPool::connect_with(
             &settings.database_url,
             settings.db_pool_size,
-            settings.write_batch,
+            settings.write_batch(),
         )
         .await?;
         let redis = match &settings.redis {
