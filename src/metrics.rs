@@ -610,8 +610,25 @@ impl ReconcileMetrics {
             "Open differences of the last reconciled day, by kind",
             self.differences.clone(),
         );
+        // Every labelled series exists from the start (at 0), so that alert rules and the
+        // dashboard see the family before the first run, error or difference.
         for o in Self::RUN_OUTCOMES {
             let _ = self.runs.get_or_create(&outcome(o));
+        }
+        for k in crate::wechat::bill::BillError::KINDS {
+            let _ = self.errors.get_or_create(&KindLabels {
+                kind: k.to_string(),
+            });
+        }
+        for s in crate::reconcile::report::ReconStatus::ALL {
+            let _ = self.last_status.get_or_create(&StateLabels {
+                state: s.as_str().to_string(),
+            });
+        }
+        for k in crate::reconcile::report::DifferenceKind::ALL {
+            let _ = self.differences.get_or_create(&KindLabels {
+                kind: k.as_str().to_string(),
+            });
         }
     }
 

@@ -121,6 +121,19 @@ pub enum BillError {
 
 impl BillError {
     /// Metrics label.
+    /// Every value [`Self::kind`] answers, for the metrics' pre-initialisation.
+    pub const KINDS: [&'static str; 9] = [
+        "creating",
+        "refused",
+        "call_failed",
+        "bad_gzip",
+        "too_large",
+        "bad_row",
+        "unknown_layout",
+        "bad_amount",
+        "summary_mismatch",
+    ];
+
     pub fn kind(&self) -> &'static str {
         match self {
             BillError::Creating => "creating",
