@@ -6,8 +6,9 @@
 //! RECONCILE_RETRY_SECONDS until the Beijing day ends.
 //!
 //! It shares the sweeper's lease (same name, same holder) rather than having one of its own,
-//! so that exactly one instance does the periodic work; it never gives the lease back (the
-//! sweeper does that at shutdown).
+//! so that exactly one instance does the periodic work. It never writes the lease: the
+//! sweeper's keeper takes, renews and gives it back, and the job reads whether this instance
+//! holds it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,9 +100,9 @@ async fn run_scheduled(
     db: &DbPool,
     metrics: &Metrics,
 ) -> bool {
-    let now = now_ms();
-    let until = now + cfg.lease.as_millis() as i64;
-    match leases::try_acquire(db, LEASE_NAME, &cfg.holder, now, until).await {
+    // The sweeper's keeper takes and renews the lease; the job only reads whether this
+    // instance holds it (see `leases::held_by`).
+    match leases::held_by(db, LEASE_NAME, &cfg.holder, now_ms()).await {
         Ok(true) => {}
         Ok(false) => {
             metrics.reconcile.run("not_leader");

@@ -4,8 +4,9 @@
 //! (`RefundService::poll`). It is what recovers a refund whose notification never came, whose
 //! call timed out, or whose process was killed between the reservation and WeChat's answer.
 //!
-//! Like the sweeper it is one task stopped through a cancellation token; it never gives the
-//! lease back itself (the sweeper, which holds it under the same name and holder, does).
+//! Like the sweeper it is one task stopped through a cancellation token. It never writes the
+//! lease: the sweeper's keeper takes, renews and gives it back, and the poller reads whether
+//! this instance holds it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,9 +57,9 @@ async fn poll_on_schedule(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        let now = now_ms();
-        let until = now + i64::try_from(cfg.lease.as_millis()).unwrap_or(i64::MAX / 2);
-        match leases::try_acquire(&db, LEASE_NAME, &cfg.holder, now, until).await {
+        // The sweeper's keeper takes and renews the lease; the poller only reads whether this
+        // instance holds it (see `leases::held_by`).
+        match leases::held_by(&db, LEASE_NAME, &cfg.holder, now_ms()).await {
             Ok(true) => {}
             Ok(false) => continue,
             Err(e) => {

@@ -63,6 +63,21 @@ pub async fn release(pool: &DbPool, name: &str, holder: &str) -> Result<(), Stor
     Ok(())
 }
 
+/// Whether `holder` holds the lease at `now`: a read, for work that runs under a lease another
+/// task of the same holder keeps (the sweeper's keeper). Writing the lease row from several
+/// tasks of every instance would make them conflict on it (on Galera, a certification conflict
+/// each time), and a keeper that meets such an error must take the lease for lost.
+pub async fn held_by(
+    pool: &DbPool,
+    name: &str,
+    holder: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    Ok(current(pool, name)
+        .await?
+        .is_some_and(|(h, until)| h == holder && until > now))
+}
+
 /// (holder, until) of a lease, for metrics and tests.
 pub async fn current(pool: &DbPool, name: &str) -> Result<Option<(String, i64)>, StoreError> {
     Ok(with_read!(pool, conn => le::table
