@@ -189,6 +189,7 @@ pub async fn run_db(
                 }
                 let effect = Effect::Credit {
                     transaction_id: format!("{tag}D{i:012}"),
+                    paid_at: None,
                 };
                 let t = Instant::now();
                 let r = orders::apply(&pool, &rows[i], OrderStatus::Paid, &effect).await;

@@ -141,7 +141,12 @@ async fn payment_notification(
                         .map(|()| Outcome::Unchanged)
                 } else {
                     st.orders
-                        .notify(&n.out_trade_no, &n.transaction_id, Fen(n.total_fee))
+                        .notify(
+                            &n.out_trade_no,
+                            &n.transaction_id,
+                            Fen(n.total_fee),
+                            &n.time_end,
+                        )
                         .await
                 };
                 let a = answer(&result);

@@ -75,6 +75,8 @@ impl OrderError {
 pub struct Notify {
     pub transaction_id: String,
     pub total_fee: Fen,
+    /// WeChat's `time_end` (epoch ms), the order's `paid_at` when it is credited.
+    pub paid_at: Option<i64>,
 }
 
 /// Calls unifiedorder and moves the order created → pending (or failed).
@@ -244,6 +246,7 @@ impl Handler<Notify> for OrderActor {
             let event = OrderEvent::PaymentConfirmed {
                 transaction_id: msg.transaction_id,
                 total_fee: msg.total_fee,
+                paid_at: msg.paid_at,
             };
             let settled = match row {
                 Some(row) => settle(&core, &order_no, row, event).await?,
@@ -519,6 +522,10 @@ async fn query(
                 Verdict::Paid {
                     transaction_id,
                     total_fee: Fen(total_fee),
+                    paid_at: q
+                        .time_end
+                        .as_deref()
+                        .and_then(crate::wechat::parse_beijing_compact_ms),
                 }
             }
             (TradeState::UserPaying | TradeState::Accept, _, _) => Verdict::UserPaying,
@@ -565,7 +572,7 @@ async fn close(core: &OrderCore, row: &OrderRow) -> Result<OrderEvent, OrderErro
 fn record_move(core: &OrderCore, row: &OrderRow, step: &Move) {
     let m = &core.metrics;
     match (step.to, &step.effect) {
-        (OrderStatus::Paid, Effect::Credit { transaction_id }) => {
+        (OrderStatus::Paid, Effect::Credit { transaction_id, .. }) => {
             m.order_event("paid");
             m.coins_credited.inc_by(row.credit().0.max(0) as u64);
             m.fen_received.inc_by(row.amount_fen.0.max(0) as u64);

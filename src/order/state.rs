@@ -91,6 +91,8 @@ pub enum Verdict {
     Paid {
         transaction_id: String,
         total_fee: Fen,
+        /// WeChat's `time_end`, epoch ms, when it gave one.
+        paid_at: Option<i64>,
     },
     UserPaying,
     /// NOTPAY, CLOSED, REVOKED, PAYERROR: no money was taken.
@@ -108,6 +110,8 @@ pub enum OrderEvent {
     PaymentConfirmed {
         transaction_id: String,
         total_fee: Fen,
+        /// WeChat's `time_end` (when the user paid), epoch ms, when it gave one.
+        paid_at: Option<i64>,
     },
     /// The sweeper found the order past its expiry.
     Timeout,
@@ -142,6 +146,9 @@ pub enum Effect {
     /// Credit coins + bonus to the user and write the ledger row.
     Credit {
         transaction_id: String,
+        /// When WeChat took the money (its `time_end`); the time of the credit when unknown.
+        /// Reconciliation files a payment under the Beijing date of this.
+        paid_at: Option<i64>,
     },
 }
 
@@ -250,16 +257,18 @@ pub fn transition(f: &Facts<'_>, ev: &OrderEvent) -> Decision {
             OrderEvent::PaymentConfirmed {
                 transaction_id,
                 total_fee,
+                paid_at,
             }
             | OrderEvent::Queried {
                 verdict:
                     Verdict::Paid {
                         transaction_id,
                         total_fee,
+                        paid_at,
                     },
                 ..
             },
-        ) => payment(f, transaction_id, *total_fee),
+        ) => payment(f, transaction_id, *total_fee, *paid_at),
 
         (Pending, OrderEvent::Timeout) => Decision::Ask(Ask::OrderQuery),
         (Created, OrderEvent::Timeout) => Decision::Move(Move {
@@ -299,7 +308,7 @@ pub fn transition(f: &Facts<'_>, ev: &OrderEvent) -> Decision {
 }
 
 /// Money taken is always credited, once; a payment that does not match is never credited.
-fn payment(f: &Facts<'_>, transaction_id: &str, total_fee: Fen) -> Decision {
+fn payment(f: &Facts<'_>, transaction_id: &str, total_fee: Fen, paid_at: Option<i64>) -> Decision {
     if f.status == OrderStatus::Paid {
         return match f.transaction_id {
             Some(existing) if existing == transaction_id => Decision::Stay(Stay::Duplicate),
@@ -319,6 +328,7 @@ fn payment(f: &Facts<'_>, transaction_id: &str, total_fee: Fen) -> Decision {
         to: OrderStatus::Paid,
         effect: Effect::Credit {
             transaction_id: transaction_id.to_string(),
+            paid_at,
         },
         late: f.status != OrderStatus::Pending,
     })
@@ -330,6 +340,8 @@ mod tests {
     use OrderStatus::*;
 
     const AMOUNT: Fen = Fen(600);
+    /// WeChat's `time_end` in the events; the credit carries it on.
+    const PAID_AT: Option<i64> = Some(1_764_560_000_000);
 
     fn facts(status: OrderStatus) -> Facts<'static> {
         Facts {
@@ -343,6 +355,7 @@ mod tests {
         OrderEvent::PaymentConfirmed {
             transaction_id: txn.into(),
             total_fee: fee,
+            paid_at: PAID_AT,
         }
     }
     fn queried(verdict: Verdict, may_expire: bool) -> OrderEvent {
@@ -356,6 +369,7 @@ mod tests {
             to: Paid,
             effect: Effect::Credit {
                 transaction_id: txn.into(),
+                paid_at: PAID_AT,
             },
             late,
         })
@@ -392,6 +406,7 @@ mod tests {
                 Verdict::Paid {
                     transaction_id: "T1".into(),
                     total_fee: AMOUNT,
+                    paid_at: PAID_AT,
                 },
                 true,
             ),

@@ -171,16 +171,20 @@ impl OrderService {
         Ok(CreatedOrder { row, pay_params })
     }
 
-    /// Hands a verified payment notification to the order's actor.
+    /// Hands a verified payment notification to the order's actor. `time_end` is WeChat's
+    /// (`yyyyMMddHHmmss`, Beijing): the order's `paid_at` when it is credited, or the time of
+    /// the credit when it does not parse.
     pub async fn notify(
         &self,
         order_no: &str,
         transaction_id: &str,
         total_fee: Fen,
+        time_end: &str,
     ) -> Result<Outcome, OrderError> {
         let notify = Notify {
             transaction_id: transaction_id.to_string(),
             total_fee,
+            paid_at: crate::wechat::parse_beijing_compact_ms(time_end),
         };
         self.registry.send(order_no, notify).await
     }

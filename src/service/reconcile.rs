@@ -371,9 +371,12 @@ impl ReconcileService {
         ) else {
             return Some(Action::CreditFailed);
         };
+        // The bill's trade time is not in the difference: the credit's own time stands for
+        // it (a day the matcher excludes from `missing_remote` for this very reason).
         let notify = Notify {
             transaction_id: transaction_id.to_owned(),
             total_fee: Fen(fen),
+            paid_at: None,
         };
         let span = tracing::info_span!("order", order_no = %order_no);
         let outcome: Result<Outcome, OrderError> =

@@ -392,9 +392,10 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// FULL: a notification is acknowledged only after its commit is on disk.
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
+/// FULL: a notification is acknowledged only after its commit is on disk. The busy timeout
+/// comes first, since switching to WAL may have to wait for another connection's lock.
+const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
+     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;";
 
 fn sqlite_setup(
     path: &str,
@@ -596,9 +597,12 @@ fn migrate_blocking(url: &DbUrl) -> Result<usize, StoreError> {
             ensure_parent_dir(&path)?;
             let mut c = <AsyncConnectionWrapper<SqliteConn> as Connection>::establish(&path)
                 .map_err(|e| StoreError::Connection(e.to_string()))?;
+            // The busy timeout first: switching to WAL takes a lock, and without the timeout
+            // a connection still writing (a test's or another process's) fails it at once with
+            // "database is locked".
             SimpleConnection::batch_execute(
                 &mut c,
-                "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;",
+                "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL;",
             )?;
             c.run_pending_migrations(SQLITE_MIGRATIONS)
                 .map(|v| v.len())

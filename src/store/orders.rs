@@ -189,9 +189,12 @@ impl Transition {
             Effect::StorePrepay { prepay_id } => next.prepay_id = Some(prepay_id.clone()),
             Effect::StoreFailure { err_code } => next.err_code = Some(err_code.clone()),
             Effect::Expire => {}
-            Effect::Credit { transaction_id } => {
+            Effect::Credit {
+                transaction_id,
+                paid_at,
+            } => {
                 next.transaction_id = Some(transaction_id.clone());
-                next.paid_at = Some(now);
+                next.paid_at = Some(paid_at.unwrap_or(now));
                 credit = Some(ledger::Entry {
                     user_id: row.user_id,
                     kind: LedgerKind::Recharge,

@@ -162,6 +162,7 @@ async fn the_same_row_applied_twice_credits_once(s: TestStore) {
     let row = s.pending_order("CPSTORECAS0000001").await;
     let credit = |txn: &str| Effect::Credit {
         transaction_id: txn.into(),
+        paid_at: None,
     };
     let paid = orders::apply(&s.pool, &row, OrderStatus::Paid, &credit("T1"))
         .await

@@ -36,6 +36,17 @@ pub fn parse_beijing_datetime(s: &str) -> Option<chrono::DateTime<chrono::Utc>> 
         .map(|t| t.with_timezone(&chrono::Utc))
 }
 
+/// Beijing time (UTC+8) in WeChat's `yyyyMMddHHmmss` (`time_end` of notifications and
+/// orderquery), as epoch milliseconds.
+pub fn parse_beijing_compact_ms(s: &str) -> Option<i64> {
+    let naive = chrono::NaiveDateTime::parse_from_str(s, "%Y%m%d%H%M%S").ok()?;
+    let cst = chrono::FixedOffset::east_opt(8 * 3600)?;
+    naive
+        .and_local_timezone(cst)
+        .single()
+        .map(|t| t.timestamp_millis())
+}
+
 /// Uppercase hex, since digest 0.11 outputs implement no `UpperHex`.
 pub(crate) fn upper_hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";

@@ -81,6 +81,11 @@ fn kinds(report: &Value) -> Vec<(String, String)> {
 
 /// `coinpay reconcile --date` against the simulator of `app`, on `db`.
 fn cli(app: &App, db: &TestDb, date: NaiveDate) -> (i32, String, String) {
+    cli_with_key(app, db, date, sandbox_creds().api_key.expose_secret())
+}
+
+/// [`cli`] signing with `api_key` (another key than the simulator's: a signature error).
+fn cli_with_key(app: &App, db: &TestDb, date: NaiveDate, api_key: &str) -> (i32, String, String) {
     let c = sandbox_creds();
     let base = app.url("/sandbox");
     let env = HashMap::from([
@@ -92,10 +97,7 @@ fn cli(app: &App, db: &TestDb, date: NaiveDate) -> (i32, String, String) {
             c.app_secret.expose_secret().into(),
         ),
         ("WECHAT_PAY_MCH_ID".into(), c.mch_id.clone()),
-        (
-            "WECHAT_PAY_API_KEY".into(),
-            c.api_key.expose_secret().into(),
-        ),
+        ("WECHAT_PAY_API_KEY".into(), api_key.into()),
         (
             "WECHAT_PAY_NOTIFY_URL".into(),
             app.url("/api/v1/client/coin/recharge/callback"),
@@ -383,27 +385,63 @@ async fn a_payment_just_before_midnight_matches_across_the_day_boundary(backend:
     let db = TestDb::new(&backend).await;
     let app = admin_app(&db).spawn();
     let yesterday = yesterday();
-    // WeChat finished it at 23:59:59 yesterday; coinpay credits it now (today).
+    // WeChat finished it at 23:59:59 yesterday; coinpay credits it now (today). The order's
+    // `paid_at` is WeChat's `time_end`, so the payment belongs to yesterday on both sides.
     let time_end = format!("{}235959", yesterday.format("%Y%m%d"));
     let (token, no) = paid_order(&app, "recon-midnight", &format!("time_end={time_end}")).await;
     wait_balance(&app, &token, 330).await;
+    let order = app
+        .get(&format!("/api/v1/admin/orders/{no}"), Some(ADMIN_TOKEN))
+        .await
+        .json();
+    let expected = chrono::NaiveDateTime::parse_from_str(&time_end, "%Y%m%d%H%M%S")
+        .expect("time_end")
+        .and_local_timezone(chrono::FixedOffset::east_opt(8 * 3600).expect("+08:00"))
+        .single()
+        .expect("one instant")
+        .with_timezone(&chrono::Utc);
+    let paid_at = order["paid_at"].as_str().expect("paid_at");
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(paid_at).expect("RFC 3339"),
+        expected,
+        "paid_at is WeChat's time_end: {order}"
+    );
 
-    // Today: WeChat has no bill; coinpay's payment of today is yesterday's bill's row.
+    // Today: WeChat has no bill, and coinpay has no payment of today either.
     let today = reconcile(&app, beijing_today()).await;
     assert_eq!(today["status"], "no_bill", "{today}");
     assert_eq!(today["differences"], json!([]));
-    assert_eq!(today["local"]["count"], 1);
+    assert_eq!(today["local"]["count"], 0);
     assert_eq!(today["wechat"]["count"], 0);
     // Yesterday: the bill's row finds its order, credited the day after.
     let day = reconcile(&app, yesterday).await;
     assert_eq!(day["status"], "balanced", "{day}");
     assert_eq!(day["wechat"]["count"], 1);
-    assert_eq!(day["local"]["count"], 0);
+    assert_eq!(day["local"]["count"], 1);
     assert_eq!(day["differences"], json!([]));
     // Once more with yesterday's bill now archived.
     let again = reconcile(&app, beijing_today()).await;
     assert_eq!(again["status"], "no_bill", "{again}");
-    assert!(!no.is_empty());
+    db.assert_invariants().await;
+}
+
+backend_test!(a_signature_error_reply_fails_the_day_and_changes_nothing);
+async fn a_signature_error_reply_fails_the_day_and_changes_nothing(backend: Backend) {
+    let db = TestDb::new(&backend).await;
+    let app = admin_app(&db).spawn();
+    // A payment only the bill knows of: a run that went on after the refusal could credit it.
+    let (token, no) = paid_order(&app, "recon-bad-sign", "notify=false").await;
+    let today = beijing_today();
+    let wrong_key = "k".repeat(32);
+    let (code, out, err) = cli_with_key(&app, &db, today, &wrong_key);
+    assert_eq!(code, 1, "a failed run exits 1: {out}\n{err}");
+    let report = stored(&app, today).await;
+    assert_eq!(report["status"], "error", "{report}");
+    let error = report["error"].as_str().unwrap_or("");
+    assert!(error.contains("SIGN ERROR"), "{error}");
+    assert_eq!(report["differences"], json!([]));
+    assert_eq!(app.order(&token, &no).await["status"], "pending");
+    assert_eq!(app.balance(&token).await, 0);
     db.assert_invariants().await;
 }
 
