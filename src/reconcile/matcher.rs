@@ -52,8 +52,9 @@ pub struct LocalRefund {
 pub struct Books {
     pub orders: HashMap<String, LocalOrder>,
     pub refunds: HashMap<String, LocalRefund>,
-    /// Orders credited by the `missing_local` fix of an earlier day: their `paid_at` is the day
-    /// of the fix, and their bill row is that earlier day's.
+    /// Orders credited by the `missing_local` fix of an earlier day. The fix gives them the bill
+    /// row's trade time as `paid_at`; orders fixed before it did carry the fix's own time, while
+    /// their bill row is that earlier day's.
     pub credited_by_reconciliation: HashSet<String>,
 }
 

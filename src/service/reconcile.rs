@@ -329,7 +329,13 @@ impl ReconcileService {
         let mut out = Vec::with_capacity(differences.len());
         for mut d in differences {
             if d.action == Action::Credit {
-                match self.credit(&d).await {
+                // When WeChat took the money: the bill row's trade time, the order's paid_at.
+                let paid_at = bill.and_then(|b| {
+                    b.payments()
+                        .find(|r| d.order_no.as_deref() == Some(r.out_trade_no.as_str()))
+                        .map(|r| r.trade_time.timestamp_millis())
+                });
+                match self.credit(&d, paid_at).await {
                     Some(action) => d.action = action,
                     // Credited by its notification meanwhile: no longer a difference.
                     None => continue,
@@ -363,7 +369,7 @@ impl ReconcileService {
 
     /// Hands the payment to the order's actor as its notification would. `None` when the
     /// order turned out credited with this very transaction already.
-    async fn credit(&self, d: &Difference) -> Option<Action> {
+    async fn credit(&self, d: &Difference, paid_at: Option<i64>) -> Option<Action> {
         let (Some(order_no), Some(transaction_id), Some(fen)) = (
             d.order_no.as_deref(),
             d.transaction_id.as_deref(),
@@ -371,12 +377,10 @@ impl ReconcileService {
         ) else {
             return Some(Action::CreditFailed);
         };
-        // The bill's trade time is not in the difference: the credit's own time stands for
-        // it (a day the matcher excludes from `missing_remote` for this very reason).
         let notify = Notify {
             transaction_id: transaction_id.to_owned(),
             total_fee: Fen(fen),
-            paid_at: None,
+            paid_at,
         };
         let span = tracing::info_span!("order", order_no = %order_no);
         let outcome: Result<Outcome, OrderError> =

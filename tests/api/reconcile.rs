@@ -573,6 +573,19 @@ async fn two_instances_one_reconciliation(backend: Backend) {
     );
     assert_eq!(a.balance(&token).await, 330);
     assert_eq!(ledger_total(&a, &token).await, 1);
+    // Credited today, paid (WeChat's time, the bill's trade time) yesterday at 12:00 Beijing.
+    let paid_at = a.order(&token, &no).await["paid_at"].clone();
+    let noon = yesterday()
+        .and_hms_opt(4, 0, 0)
+        .expect("04:00 UTC")
+        .and_utc();
+    assert_eq!(
+        paid_at
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()),
+        Some(noon.fixed_offset()),
+        "{paid_at}"
+    );
     let list = a.get(RECON, Some(ADMIN_TOKEN)).await.json();
     assert_eq!(list["reconciliations"][0]["attempts"], 1, "{list}");
     let runs = |m: &str, o: &str| {
