@@ -163,15 +163,7 @@ async fn run_batch(pool: &MysqlPool, batch: &mut [Box<dyn Job>]) -> Result<(), S
             Err(Failed::Lost(e)) => {
                 tracing::warn!(error = %e, attempt, jobs = batch.len(), "a MySQL batch's transaction was lost; running it again");
                 super::discard(c);
-                let reason = super::galera::query_retry_reason(&e);
-                if let Some(reason) = reason {
-                    super::galera::count_retry(reason);
-                }
-                if reason != Some("deadlock") {
-                    // The node may have left the primary component: its idle connections
-                    // must not pass the next check-outs.
-                    super::recheck(&pool.recheck_until);
-                }
+                pool.note_retry(super::galera::query_retry_reason(&e));
                 last = format!("the transaction was lost: {e}");
                 tokio::time::sleep(super::galera::backoff(attempt as u32)).await;
             }

@@ -296,14 +296,22 @@ impl MysqlPool {
         }
         let reason = galera::retry_reason(e)?;
         *attempt += 1;
-        galera::count_retry(reason);
-        if reason != "deadlock" {
-            // The node may be out of the primary component: its idle connections must not
-            // pass the next check-outs.
-            recheck(&self.recheck_until);
-        }
+        self.note_retry(Some(reason));
         tracing::debug!(error = %e, reason, attempt = *attempt, "retrying the database work");
         Some(galera::backoff(*attempt))
+    }
+
+    /// Notes that work is run again because of `reason` (`None`: a lost transaction of no known
+    /// kind): counted in `coinpay_db_retries_total`, and after anything but a deadlock the next
+    /// check-outs ask the node whether it is still synced in the primary component, since its
+    /// idle connections must not pass them.
+    fn note_retry(&self, reason: Option<&'static str>) {
+        if let Some(reason) = reason {
+            galera::count_retry(reason);
+        }
+        if reason != Some("deadlock") {
+            recheck(&self.recheck_until);
+        }
     }
 
     /// Runs `work`, a unit on its own (one statement, or its statements in a transaction of

@@ -41,6 +41,20 @@ async fn refund(app: &App, order_no: &str, body: &Value) -> Resp {
     .await
 }
 
+/// Posts a refund that must be accepted (201) and answers its refund_no.
+async fn accepted_refund(
+    app: &App,
+    order_no: &str,
+    refund_fen: i64,
+    reason: &str,
+    request_id: &str,
+) -> String {
+    let body = json!({"refund_fen": refund_fen, "reason": reason, "request_id": request_id});
+    let r = refund(app, order_no, &body).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["refund_no"].as_str().expect("no").to_string()
+}
+
 async fn refund_status(app: &App, refund_no: &str) -> Value {
     let r = app
         .get(
@@ -311,14 +325,7 @@ async fn systemerror_retry_final_refusal_close_and_change(backend: Backend) {
 
     // SYSTEMERROR twice, then success: the same out_refund_no every time.
     sim_faults(&app, json!({"fail_code": "SYSTEMERROR", "fail_times": 2})).await;
-    let r = refund(
-        &app,
-        &order_no,
-        &json!({"refund_fen": 300, "reason": "retry", "request_id": "o1"}),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let no = r.json()["refund_no"].as_str().expect("no").to_string();
+    let no = accepted_refund(&app, &order_no, 300, "retry", "o1").await;
     wait_refund(&app, &no, "succeeded").await;
     let calls: Vec<Value> = sim_refund_calls(&app).await;
     assert_eq!(calls.len(), 3, "{calls:?}");
@@ -354,27 +361,13 @@ async fn systemerror_retry_final_refusal_close_and_change(backend: Backend) {
 
     // REFUNDCLOSE: closed, coins back.
     sim_faults(&app, json!({"outcome": "REFUNDCLOSE"})).await;
-    let r = refund(
-        &app,
-        &order_no,
-        &json!({"refund_fen": 300, "reason": "close", "request_id": "o3"}),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let no = r.json()["refund_no"].as_str().expect("no").to_string();
+    let no = accepted_refund(&app, &order_no, 300, "close", "o3").await;
     wait_refund(&app, &no, "closed").await;
     assert_eq!(app.balance(&token).await, 330 - 33);
 
     // CHANGE: abnormal, coins stay taken.
     sim_faults(&app, json!({"outcome": "CHANGE"})).await;
-    let r = refund(
-        &app,
-        &order_no,
-        &json!({"refund_fen": 300, "reason": "change", "request_id": "o4"}),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let no = r.json()["refund_no"].as_str().expect("no").to_string();
+    let no = accepted_refund(&app, &order_no, 300, "change", "o4").await;
     wait_refund(&app, &no, "abnormal").await;
     assert_eq!(app.balance(&token).await, 330 - 33 - 33);
     let admin = app
@@ -511,14 +504,7 @@ async fn never_notified_refund_settled_by_refundquery(backend: Backend) {
         .spawn();
     sim_faults(&app, json!({"never_notify": true})).await;
     let (token, _, order_no, _, _) = paid_order(&app, "refund-poll", 1).await;
-    let r = refund(
-        &app,
-        &order_no,
-        &json!({"refund_fen": 600, "reason": "poll", "request_id": "p-1"}),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let no = r.json()["refund_no"].as_str().expect("no").to_string();
+    let no = accepted_refund(&app, &order_no, 600, "poll", "p-1").await;
     let settled = wait_refund(&app, &no, "succeeded").await;
     assert!(settled["wechat_refund_id"].is_string(), "{settled}");
     let sim = app
