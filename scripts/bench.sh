@@ -37,6 +37,13 @@ GALERA_DIR=
 # shellcheck disable=SC2317  # (called through the trap)
 cleanup() {
   if [[ -n $GALERA_DIR && -d $GALERA_DIR ]]; then
+    # The nodes' error logs (conflicts are logged there) outlive the cluster.
+    local keep=${TMPDIR:-/tmp}/coinpay-bench-galera-logs
+    mkdir -p "$keep"
+    for log in "$GALERA_DIR"/node*/error.log; do
+      [[ -f $log ]] && cp "$log" "$keep/$(basename "$(dirname "$log")").error.log"
+    done
+    say "the Galera nodes' error logs are kept in $keep" >&2
     GALERA_DIR=$GALERA_DIR bash "$ROOT/scripts/galera.sh" clean 2>&1 | sed 's/^/  /' >&2
   fi
   if [[ -n $SVC_DIR && -d $SVC_DIR ]]; then

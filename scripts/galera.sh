@@ -90,10 +90,14 @@ wsrep_cluster_name=coinpay_test
 wsrep_cluster_address=$addrs
 wsrep_node_name=node$n
 wsrep_node_address=127.0.0.1:$(gcomm_port "$n")
-wsrep_provider_options="base_host=127.0.0.1;base_port=$(gcomm_port "$n");ist.recv_addr=127.0.0.1:$(ist_port "$n");gcache.size=64M"
+wsrep_provider_options="base_host=127.0.0.1;base_port=$(gcomm_port "$n");ist.recv_addr=127.0.0.1:$(ist_port "$n");gcache.size=64M;cert.log_conflicts=yes"
 wsrep_sst_method=rsync
 wsrep_sst_receive_address=127.0.0.1:$(sst_port "$n")
 wsrep_slave_threads=2
+# What a conflict was on, in error.log: a certification failure or a brute-force abort
+# (reported to the client as a deadlock) names the tables and keys.
+wsrep_log_conflicts=ON
+innodb_print_all_deadlocks=ON
 EOF
 }
 

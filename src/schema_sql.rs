@@ -42,12 +42,14 @@ const MYSQL: &[Migration] = migrations!("mysql":
     "2026-11-26-000002_seed_packages",
     "2026-12-01-000001_refunds",
     "2026-12-01-000002_reconciliations",
+    "2026-12-01-000003_ledger_ref",
 );
 const SQLITE: &[Migration] = migrations!("sqlite":
     "2026-11-26-000001_create_tables",
     "2026-11-26-000002_seed_packages",
     "2026-12-01-000001_refunds",
     "2026-12-01-000002_reconciliations",
+    "2026-12-01-000003_ledger_ref",
 );
 
 /// diesel's bookkeeping table (diesel's `setup_migration_table.sql`, valid on both dialects).

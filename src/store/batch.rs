@@ -30,6 +30,7 @@ use diesel_async::{AnsiTransactionManager, AsyncMysqlConnection, TransactionMana
 use futures_util::future::BoxFuture;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use super::orders::{self, Transition};
 use super::{MysqlPool, StoreError};
 
 /// How many batches may be in flight at once.
@@ -51,6 +52,13 @@ trait Job: Send {
     fn run<'c>(&'c mut self, c: &'c mut AsyncMysqlConnection) -> BoxFuture<'c, bool>;
     /// Answers the caller: the write's result when its batch committed, else why not.
     fn answer(self: Box<Self>, batch: Result<(), &str>);
+    /// The order transition this job writes, when it is one: the transitions of a batch are
+    /// written together by [`orders::write_many`].
+    fn transition(&self) -> Option<Arc<Transition>> {
+        None
+    }
+    /// Takes the result [`orders::write_many`] wrote for [`Self::transition`].
+    fn settle(&mut self, _written: QueryResult<bool>) {}
 }
 
 struct Typed<R> {
@@ -76,6 +84,30 @@ impl<R: Send + 'static> Job for Typed<R> {
             (Err(why), _) => Err(StoreError::Commit(why.to_string())),
         };
         let _ = self.reply.send(answer);
+    }
+}
+
+/// An order transition: a [`Typed`] job that the batch may write together with the others.
+struct Moving {
+    t: Arc<Transition>,
+    job: Typed<bool>,
+}
+
+impl Job for Moving {
+    fn run<'c>(&'c mut self, c: &'c mut AsyncMysqlConnection) -> BoxFuture<'c, bool> {
+        self.job.run(c)
+    }
+
+    fn answer(self: Box<Self>, batch: Result<(), &str>) {
+        Box::new(self.job).answer(batch)
+    }
+
+    fn transition(&self) -> Option<Arc<Transition>> {
+        Some(self.t.clone())
+    }
+
+    fn settle(&mut self, written: QueryResult<bool>) {
+        self.job.result = Some(written);
     }
 }
 
@@ -107,6 +139,33 @@ impl Batcher {
             result: None,
             reply,
         });
+        self.queue(job, answer).await
+    }
+
+    /// Writes the order transition `t` in a batch (with the batch's other transitions, in
+    /// the same statements) and returns whether its compare-and-set matched, once committed.
+    pub(super) async fn run_move(&self, t: Arc<Transition>) -> Result<bool, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let written = t.clone();
+        let job = Box::new(Moving {
+            t,
+            job: Typed {
+                work: Box::new(move |c| {
+                    let t = written.clone();
+                    Box::pin(async move { t.write(c).await })
+                }),
+                result: None,
+                reply,
+            },
+        });
+        self.queue(job, answer).await
+    }
+
+    async fn queue<R>(
+        &self,
+        job: Box<dyn Job>,
+        answer: oneshot::Receiver<Result<R, StoreError>>,
+    ) -> Result<R, StoreError> {
         self.jobs
             .send(job)
             .map_err(|_| StoreError::Connection("the MySQL batcher stopped".into()))?;
@@ -172,14 +231,44 @@ async fn run_batch(pool: &MysqlPool, batch: &mut [Box<dyn Job>]) -> Result<(), S
     Err(last)
 }
 
-/// One run of the batch in one transaction, each job in a savepoint when there are several.
+/// One run of the batch in one transaction: its order transitions together (when there are
+/// several) in a savepoint, then every other job in a savepoint of its own (when there are
+/// several).
 async fn run_once(c: &mut AsyncMysqlConnection, batch: &mut [Box<dyn Job>]) -> Result<(), Failed> {
     type Tm = AnsiTransactionManager;
     let savepoints = batch.len() > 1;
     Tm::begin_transaction(c)
         .await
         .map_err(|e| Failed::Final(format!("cannot begin a transaction: {e}")))?;
-    for job in batch.iter_mut() {
+    let mut settled = vec![false; batch.len()];
+    let moves: Vec<(usize, Arc<Transition>)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(k, job)| job.transition().map(|t| (k, t)))
+        .collect();
+    if moves.len() > 1 {
+        let ts: Vec<&Transition> = moves.iter().map(|(_, t)| &**t).collect();
+        Tm::begin_transaction(c).await.map_err(Failed::Lost)?;
+        match orders::write_many(c, &ts).await {
+            Ok(written) => {
+                Tm::commit_transaction(c).await.map_err(Failed::Lost)?;
+                for ((k, _), w) in moves.iter().zip(written) {
+                    batch[*k].settle(w);
+                    settled[*k] = true;
+                }
+            }
+            Err(e) if super::galera::query_retry_reason(&e).is_some() => {
+                return Err(Failed::Lost(e));
+            }
+            // One of them is at fault (a unique or CHECK violation): they are written one by
+            // one below, each in its savepoint, so that it fails alone.
+            Err(e) => {
+                tracing::warn!(error = %e, moves = moves.len(), "the batch's transitions did not write together; writing them one by one");
+                Tm::rollback_transaction(c).await.map_err(Failed::Lost)?;
+            }
+        }
+    }
+    for (job, _) in batch.iter_mut().zip(&settled).filter(|(_, s)| !**s) {
         if savepoints {
             Tm::begin_transaction(c).await.map_err(Failed::Lost)?;
         }

@@ -321,21 +321,53 @@ impl MysqlPool {
     /// certification conflict, a node that left the primary component: see [`Self::retrying`]);
     /// a batch that lost its transaction is first run again by its batcher.
     pub async fn write<R: Send + 'static>(&self, work: batch::Work<R>) -> Result<R, StoreError> {
-        // Not `retrying`: its async closure would borrow `work` across the await, which makes
-        // the future not `Send` for every lifetime, as a spawned task needs.
         let work = std::sync::Arc::new(work);
-        let mut attempt = 0;
-        loop {
+        self.again(|| {
             let w = work.clone();
             let once: batch::Work<R> = Box::new(move |c| w(c));
-            let result = match &self.batcher {
-                Some(b) => b.run(once).await,
-                None => match self.get().await {
-                    Ok(mut c) => once(&mut c).await.map_err(StoreError::from),
-                    Err(e) => Err(e),
-                },
-            };
-            match result {
+            async move {
+                match &self.batcher {
+                    Some(b) => b.run(once).await,
+                    None => {
+                        let mut c = self.get().await?;
+                        once(&mut c).await.map_err(StoreError::from)
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Writes the order transition `t` as [`Self::write`] does; with group commit on, together
+    /// with the other transitions of its batch (`orders::write_many`). Whether its
+    /// compare-and-set matched.
+    async fn write_move(&self, t: std::sync::Arc<orders::Transition>) -> Result<bool, StoreError> {
+        self.again(|| {
+            let t = t.clone();
+            async move {
+                match &self.batcher {
+                    Some(b) => b.run_move(t).await,
+                    None => {
+                        let mut c = self.get().await?;
+                        t.write(&mut c).await.map_err(StoreError::from)
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// [`Self::retrying`] for work that owns what it needs: not an async closure, which would
+    /// borrow its captures across the await and make the future not `Send` for every lifetime,
+    /// as a spawned task needs.
+    async fn again<R, F, Fut>(&self, mut once: F) -> Result<R, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<R, StoreError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match once().await {
                 Err(e) => match self.retry_after(&e, &mut attempt) {
                     Some(pause) => tokio::time::sleep(pause).await,
                     None => return Err(e),

@@ -172,7 +172,7 @@ pub async fn pending_stats(pool: &DbPool) -> Result<(i64, Option<i64>), StoreErr
 /// Its statements are written once; [`Self::write_blocking`] runs them with sync diesel on
 /// SQLite's writer thread, [`Self::write`] with diesel-async on MySQL.
 #[derive(Clone)]
-struct Transition {
+pub(super) struct Transition {
     version: i64,
     next: OrderRow,
     credit: Option<ledger::Entry>,
@@ -246,7 +246,7 @@ impl Transition {
     }
 
     /// As [`Self::write_blocking`], on MySQL.
-    async fn write(&self, c: &mut AsyncMysqlConnection) -> QueryResult<bool> {
+    pub(super) async fn write(&self, c: &mut AsyncMysqlConnection) -> QueryResult<bool> {
         c.transaction(async |c| {
             let moved = self.compare_and_set().execute(c).await? > 0;
             if let (true, Some(credit)) = (moved, &self.credit) {
@@ -256,6 +256,140 @@ impl Transition {
         })
         .await
     }
+}
+
+/// Writes several transitions on MySQL inside the caller's transaction (a batch of group
+/// commit), with a fixed number of statements whatever their number: the orders' rows are
+/// locked and their versions read in one, the credited users' balances in one, and then one
+/// `UPDATE` moves every order that matched, one updates the balances and one inserts the
+/// ledger rows. Written one by one, each transition takes six round trips.
+///
+/// One result per transition, in order: whether its compare-and-set matched (`false`: the
+/// order is at another version, or an earlier transition of the same batch moved it; nothing
+/// of it is written), or an error when its credit cannot apply (no such user; nothing of it
+/// written). An error of the whole (a unique or CHECK violation in one of the multi-row
+/// statements) is returned as such: the caller rolls back to before this call and writes the
+/// transitions one by one, so that the one at fault fails alone.
+pub(super) async fn write_many(
+    c: &mut AsyncMysqlConnection,
+    ts: &[&Transition],
+) -> QueryResult<Vec<QueryResult<bool>>> {
+    use std::collections::{HashMap, HashSet};
+    // Locked in the order of their numbers, as every batch does, so that two batches that share
+    // orders wait for each other instead of deadlocking.
+    let mut numbers: Vec<&str> = ts.iter().map(|t| t.next.order_no.as_str()).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    let versions: HashMap<String, i64> = o::table
+        .filter(o::order_no.eq_any(&numbers))
+        .order(o::order_no.asc())
+        .select((o::order_no, o::version))
+        .for_update()
+        .load::<(String, i64)>(c)
+        .await?
+        .into_iter()
+        .collect();
+    let mut claimed = HashSet::new();
+    let mut results: Vec<QueryResult<bool>> = ts
+        .iter()
+        .map(|t| {
+            let no = t.next.order_no.as_str();
+            Ok(versions.get(no) == Some(&t.version) && claimed.insert(no))
+        })
+        .collect();
+
+    let mut user_ids: Vec<i64> = ts
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| matches!(r, Ok(true)))
+        .filter_map(|(t, _)| t.credit.as_ref().map(|e| e.user_id))
+        .collect();
+    user_ids.sort_unstable();
+    user_ids.dedup();
+    let mut balances = if user_ids.is_empty() {
+        HashMap::new()
+    } else {
+        ledger::lock_balances(c, &user_ids).await?
+    };
+    let mut posted = Vec::new();
+    for (t, r) in ts.iter().zip(results.iter_mut()) {
+        let (Ok(true), Some(e)) = (&*r, &t.credit) else {
+            continue;
+        };
+        match balances.get_mut(&e.user_id) {
+            Some(b) if b.0 + e.delta.0 >= 0 => {
+                *b = *b + e.delta;
+                posted.push((e, *b));
+            }
+            // As `Posted::applied` answers a credit that cannot apply.
+            _ => *r = Err(diesel::result::Error::NotFound),
+        }
+    }
+
+    let moving: Vec<&Transition> = ts
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| matches!(r, Ok(true)))
+        .map(|(t, _)| *t)
+        .collect();
+    if !moving.is_empty() && move_many(c, &moving).await? != moving.len() {
+        // Every row was locked above at the version it is moved from: anything else is a bug,
+        // and the caller's transaction must not commit.
+        return Err(diesel::result::Error::NotFound);
+    }
+    ledger::post_many(c, &posted).await?;
+    Ok(results)
+}
+
+/// The compare-and-set of [`Transition::compare_and_set`] for several orders in one `UPDATE`,
+/// each column set by a `CASE` on the order's number. Returns how many rows it changed.
+async fn move_many(c: &mut AsyncMysqlConnection, ts: &[&Transition]) -> QueryResult<usize> {
+    use diesel::sql_types::{BigInt, Nullable, Text};
+    const COLUMNS: [&str; 7] = [
+        "status",
+        "version",
+        "prepay_id",
+        "transaction_id",
+        "err_code",
+        "paid_at",
+        "updated_at",
+    ];
+    let whens = "WHEN ? THEN ? ".repeat(ts.len());
+    let sets: Vec<String> = COLUMNS
+        .iter()
+        .map(|col| format!("{col} = CASE order_no {whens}END"))
+        .collect();
+    // Still a compare-and-set on each row's version, though the rows are locked at it.
+    let matching = vec!["(order_no = ? AND version = ?)"; ts.len()].join(" OR ");
+    let sql = format!(
+        "UPDATE recharge_orders SET {} WHERE {matching}",
+        sets.join(", ")
+    );
+    let mut q = diesel::sql_query(sql).into_boxed::<diesel::mysql::Mysql>();
+    // The binds in the order of the placeholders: column by column, order by order.
+    macro_rules! column {
+        ($ty:ty, $value:expr) => {
+            for t in ts {
+                let n = &t.next;
+                q = q
+                    .bind::<Text, _>(n.order_no.clone())
+                    .bind::<$ty, _>($value(n));
+            }
+        };
+    }
+    column!(Text, |n: &OrderRow| n.status);
+    column!(BigInt, |n: &OrderRow| n.version);
+    column!(Nullable<Text>, |n: &OrderRow| n.prepay_id.clone());
+    column!(Nullable<Text>, |n: &OrderRow| n.transaction_id.clone());
+    column!(Nullable<Text>, |n: &OrderRow| n.err_code.clone());
+    column!(Nullable<BigInt>, |n: &OrderRow| n.paid_at);
+    column!(BigInt, |n: &OrderRow| n.updated_at);
+    for t in ts {
+        q = q
+            .bind::<Text, _>(t.next.order_no.clone())
+            .bind::<BigInt, _>(t.version);
+    }
+    q.execute(c).await
 }
 
 /// Compare-and-set from `row` (at its version) to `to`, with the effect in the same
@@ -287,13 +421,7 @@ pub async fn apply(
 /// compare-and-set matched, and `t` back.
 async fn write_mysql(p: &MysqlPool, t: Transition) -> Result<(bool, Transition), StoreError> {
     let t = std::sync::Arc::new(t);
-    let work = t.clone();
-    let moved = p
-        .write(Box::new(move |c| {
-            let t = work.clone();
-            Box::pin(async move { t.write(c).await })
-        }))
-        .await?;
+    let moved = p.write_move(t.clone()).await?;
     Ok((moved, std::sync::Arc::unwrap_or_clone(t)))
 }
 

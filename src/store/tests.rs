@@ -68,10 +68,15 @@ impl TestStore {
         let user = users::upsert_by_openid(&self.pool, &format!("openid-{order_no}"), None)
             .await
             .expect("user");
+        self.pending_order_of(order_no, user.id).await
+    }
+
+    /// An order of package 1 for the user `user_id`, moved to pending.
+    async fn pending_order_of(&self, order_no: &str, user_id: i64) -> OrderRow {
         let now = now_ms();
         let new = NewOrder {
             order_no,
-            user_id: user.id,
+            user_id,
             package_id: 1,
             amount_fen: Fen(600),
             coins: Coins(60),
@@ -227,12 +232,11 @@ fn sql_work(sql: String) -> super::batch::Work<()> {
     })
 }
 
-/// Occupies every batching task with a slow write, queues `works` meanwhile (so that they all
-/// land in one batch, in order) and returns their answers.
-async fn in_one_mysql_batch(
+/// Occupies every batching task with a slow write, so that what is queued meanwhile lands in
+/// one batch, in order; await the handles after queueing.
+async fn occupy_batchers(
     p: &super::MysqlPool,
-    works: Vec<super::batch::Work<()>>,
-) -> Vec<Result<(), StoreError>> {
+) -> Vec<tokio::task::JoinHandle<Result<(), StoreError>>> {
     let mut slow = Vec::new();
     for _ in 0..super::batch::BATCHERS {
         let p = p.clone();
@@ -243,6 +247,15 @@ async fn in_one_mysql_batch(
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    slow
+}
+
+/// Runs `works` in one batch (see [`occupy_batchers`]) and returns their answers.
+async fn in_one_mysql_batch(
+    p: &super::MysqlPool,
+    works: Vec<super::batch::Work<()>>,
+) -> Vec<Result<(), StoreError>> {
+    let slow = occupy_batchers(p).await;
     let mut queued = Vec::new();
     for w in works {
         let p = p.clone();
@@ -257,6 +270,107 @@ async fn in_one_mysql_batch(
         answers.push(q.await.expect("join"));
     }
     answers
+}
+
+/// Credits `(row, transaction_id)` in one batch and returns each answer.
+async fn credited_in_one_mysql_batch(
+    s: &TestStore,
+    credits: &[(&OrderRow, &str)],
+) -> Vec<Result<OrderRow, StoreError>> {
+    let DbPool::Mysql(p) = &s.pool else {
+        panic!("a MySQL pool")
+    };
+    let slow = occupy_batchers(p).await;
+    let mut queued = Vec::new();
+    for (row, transaction_id) in credits {
+        let pool = s.pool.clone();
+        let row = (*row).clone();
+        let effect = Effect::Credit {
+            transaction_id: transaction_id.to_string(),
+            paid_at: None,
+        };
+        queued.push(tokio::spawn(async move {
+            orders::apply(&pool, &row, OrderStatus::Paid, &effect).await
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    for s in slow {
+        s.await.expect("join").expect("slow write");
+    }
+    let mut answers = Vec::new();
+    for q in queued {
+        answers.push(q.await.expect("join"));
+    }
+    answers
+}
+
+/// MySQL's group commit writes a batch's order transitions together, in a fixed number of
+/// statements: each order moves once (a second move of the same order in the batch loses its
+/// compare-and-set), the balance of a user credited twice in the batch takes both and each
+/// ledger row carries the balance after it. When one transition breaks a multi-row statement
+/// (a transaction_id that another order holds), they are written one by one and it fails alone.
+#[tokio::test]
+async fn mysql_group_commit_writes_a_batch_of_transitions_together() {
+    let Some(s) = TestStore::mysql().await else {
+        return;
+    };
+    let a = s.pending_order("CPSTOREMANY0001").await;
+    let b = s.pending_order_of("CPSTOREMANY0002", a.user_id).await;
+    let c = s.pending_order("CPSTOREMANY0003").await;
+    let answers =
+        credited_in_one_mysql_batch(&s, &[(&a, "TM1"), (&b, "TM2"), (&a, "TM1"), (&c, "TM3")])
+            .await;
+    assert!(
+        answers[0]
+            .as_ref()
+            .is_ok_and(|r| r.status == OrderStatus::Paid),
+        "{answers:?}"
+    );
+    assert!(answers[1].is_ok(), "{answers:?}");
+    assert!(
+        matches!(answers[2], Err(StoreError::Conflict)),
+        "{answers:?}"
+    );
+    assert!(answers[3].is_ok(), "{answers:?}");
+    assert_eq!(s.balance(a.user_id).await, Coins(120));
+    assert_eq!(s.balance(c.user_id).await, Coins(60));
+    let (rows, _) = ledger::list_for_user(&s.pool, a.user_id, 0, 10)
+        .await
+        .expect("ledger");
+    let afters: Vec<(Option<String>, Coins)> = rows
+        .iter()
+        .rev()
+        .map(|r| (r.order_no.clone(), r.balance_after))
+        .collect();
+    assert_eq!(
+        afters,
+        [
+            (Some(a.order_no.clone()), Coins(60)),
+            (Some(b.order_no.clone()), Coins(120))
+        ]
+    );
+    for no in [&a.order_no, &b.order_no, &c.order_no] {
+        let row = orders::get(&s.pool, no).await.expect("get").expect("order");
+        assert_eq!((row.status, row.version), (OrderStatus::Paid, 2), "{no}");
+    }
+
+    // TM1 is order a's: d's credit breaks the multi-row UPDATE, and fails alone.
+    let d = s.pending_order("CPSTOREMANY0004").await;
+    let e = s.pending_order("CPSTOREMANY0005").await;
+    let answers = credited_in_one_mysql_batch(&s, &[(&d, "TM1"), (&e, "TM5")]).await;
+    assert!(
+        answers[0].as_ref().is_err_and(|e| e.is_unique_violation()),
+        "{answers:?}"
+    );
+    assert!(answers[1].is_ok(), "{answers:?}");
+    assert_eq!(s.balance(d.user_id).await, Coins(0));
+    assert_eq!(s.balance(e.user_id).await, Coins(60));
+    assert!(
+        ledger::invariant_violations(&s.pool)
+            .await
+            .expect("check")
+            .is_empty()
+    );
 }
 
 async fn mysql_values(p: &super::MysqlPool) -> Vec<i32> {
