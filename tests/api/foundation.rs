@@ -34,7 +34,7 @@ async fn migrations_are_idempotent(backend: Backend) {
     let env = HashMap::from([("DATABASE_URL".to_string(), db.url.clone())]);
     let (code, out, err) = run_cmd(&["migrate"], &env);
     assert_eq!(code, 0, "{backend:?}: {out}{err}");
-    assert!(out.contains("applied 4 migration(s)"), "{out}");
+    assert!(out.contains("applied 5 migration(s)"), "{out}");
     let (code, out, err) = run_cmd(&["migrate"], &env);
     assert_eq!(code, 0, "{err}");
     assert!(
