@@ -19,13 +19,18 @@
 #
 # Settings: GALERA_DIR (default ${TMPDIR:-/tmp}/coinpay-galera-$UID), GALERA_BASE_PORT (default
 # 23306: node N listens for clients on BASE+N-1, for Galera replication on BASE+100+N-1, for IST on
-# BASE+200+N-1 and for SST on BASE+300+N-1), READY_TIMEOUT (seconds, default 120).
+# BASE+200+N-1 and for SST on BASE+300+N-1; recorded in $GALERA_DIR/base_port by `start`, so that
+# later commands on the same dir use the cluster's ports without it), READY_TIMEOUT (seconds,
+# default 120).
 # Durable settings: innodb_flush_log_at_trx_commit=1, as a payment service runs.
 set -euo pipefail
 case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH=/usr/sbin:/sbin:$PATH ;; esac
 
 GALERA_DIR=${GALERA_DIR:-${TMPDIR:-/tmp}/coinpay-galera-$UID}
 GALERA_DIR=${GALERA_DIR%/}
+if [[ -z ${GALERA_BASE_PORT:-} && -f $GALERA_DIR/base_port ]]; then
+  GALERA_BASE_PORT=$(<"$GALERA_DIR/base_port")
+fi
 BASE=${GALERA_BASE_PORT:-23306}
 READY_TIMEOUT=${READY_TIMEOUT:-120}
 DB_NAME=${DB_NAME:-coinpay}
@@ -178,6 +183,7 @@ case $cmd in
     ;;
   start)
     mkdir -p "$GALERA_DIR"
+    echo "$BASE" >"$GALERA_DIR/base_port"
     start_node 1 --wsrep-new-cluster
     wait_synced 1 1
     start_node 2

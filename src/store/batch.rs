@@ -30,7 +30,7 @@ use diesel_async::{AnsiTransactionManager, AsyncMysqlConnection, TransactionMana
 use futures_util::future::BoxFuture;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::orders::{self, Transition};
+use super::orders::{self, Decide, Decided, Transition, Written};
 use super::{MysqlPool, StoreError};
 
 /// How many batches may be in flight at once.
@@ -39,6 +39,9 @@ pub const BATCHERS: usize = 4;
 /// Runs of a batch whose transaction was lost (a deadlock, a Galera certification conflict, a
 /// lost node) before it gives up; each run after the first waits a jittered back-off.
 pub const ATTEMPTS: usize = 6;
+
+/// How long a batch goes on asking for a connection after one that did not come.
+const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A write of a batch: run on the batch's connection (inside its savepoint), maybe more than once
 /// when the batch's transaction is lost and run again.
@@ -51,14 +54,20 @@ trait Job: Send {
     /// Runs the write; false when it failed (then its savepoint is rolled back).
     fn run<'c>(&'c mut self, c: &'c mut AsyncMysqlConnection) -> BoxFuture<'c, bool>;
     /// Answers the caller: the write's result when its batch committed, else why not.
-    fn answer(self: Box<Self>, batch: Result<(), &str>);
-    /// The order transition this job writes, when it is one: the transitions of a batch are
+    fn answer(self: Box<Self>, batch: Result<(), &Unwritten>);
+    /// The order transition or decision this job writes, when it is one: those of a batch are
     /// written together by [`orders::write_many`].
-    fn transition(&self) -> Option<Arc<Transition>> {
+    fn item(&self) -> Option<Together> {
         None
     }
-    /// Takes the result [`orders::write_many`] wrote for [`Self::transition`].
-    fn settle(&mut self, _written: QueryResult<bool>) {}
+    /// Takes the result [`orders::write_many`] wrote for [`Self::item`].
+    fn settle(&mut self, _written: QueryResult<Written>) {}
+}
+
+/// What a job gives [`orders::write_many`] to write.
+enum Together {
+    Move(Arc<Transition>),
+    Decide(String, Decide),
 }
 
 struct Typed<R> {
@@ -77,11 +86,11 @@ impl<R: Send + 'static> Job for Typed<R> {
         })
     }
 
-    fn answer(self: Box<Self>, batch: Result<(), &str>) {
+    fn answer(self: Box<Self>, batch: Result<(), &Unwritten>) {
         let answer = match (batch, self.result) {
             (Ok(()), Some(r)) => r.map_err(StoreError::from),
             (Ok(()), None) => Err(StoreError::Commit("the write did not run".into())),
-            (Err(why), _) => Err(StoreError::Commit(why.to_string())),
+            (Err(why), _) => Err(why.error()),
         };
         let _ = self.reply.send(answer);
     }
@@ -98,16 +107,47 @@ impl Job for Moving {
         self.job.run(c)
     }
 
-    fn answer(self: Box<Self>, batch: Result<(), &str>) {
+    fn answer(self: Box<Self>, batch: Result<(), &Unwritten>) {
         Box::new(self.job).answer(batch)
     }
 
-    fn transition(&self) -> Option<Arc<Transition>> {
-        Some(self.t.clone())
+    fn item(&self) -> Option<Together> {
+        Some(Together::Move(self.t.clone()))
     }
 
-    fn settle(&mut self, written: QueryResult<bool>) {
-        self.job.result = Some(written);
+    fn settle(&mut self, written: QueryResult<Written>) {
+        self.job.result = Some(written.and_then(|w| match w {
+            Written::Moved(moved) => Ok(moved),
+            Written::Decided(_) => Err(diesel::result::Error::NotFound),
+        }));
+    }
+}
+
+/// An order to load, decide on and move in the batch (`orders::load_and_apply`).
+struct Deciding {
+    order_no: String,
+    decide: Decide,
+    job: Typed<Option<Decided>>,
+}
+
+impl Job for Deciding {
+    fn run<'c>(&'c mut self, c: &'c mut AsyncMysqlConnection) -> BoxFuture<'c, bool> {
+        self.job.run(c)
+    }
+
+    fn answer(self: Box<Self>, batch: Result<(), &Unwritten>) {
+        Box::new(self.job).answer(batch)
+    }
+
+    fn item(&self) -> Option<Together> {
+        Some(Together::Decide(self.order_no.clone(), self.decide.clone()))
+    }
+
+    fn settle(&mut self, written: QueryResult<Written>) {
+        self.job.result = Some(written.and_then(|w| match w {
+            Written::Decided(decided) => Ok(decided),
+            Written::Moved(_) => Err(diesel::result::Error::NotFound),
+        }));
     }
 }
 
@@ -161,6 +201,31 @@ impl Batcher {
         self.queue(job, answer).await
     }
 
+    /// Loads the order `order_no` in a batch, takes `decide` on its row and, when that is a
+    /// move, writes it (with the batch's other transitions, in the same statements); the
+    /// answer once committed, as `orders::load_and_apply` gives it.
+    pub(super) async fn run_decide(
+        &self,
+        order_no: String,
+        decide: Decide,
+    ) -> Result<Option<Decided>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let (no, d) = (order_no.clone(), decide.clone());
+        let job = Box::new(Deciding {
+            order_no,
+            decide,
+            job: Typed {
+                work: Box::new(move |c| {
+                    let (no, d) = (no.clone(), d.clone());
+                    Box::pin(async move { orders::decide_one(c, &no, &d).await })
+                }),
+                result: None,
+                reply,
+            },
+        });
+        self.queue(job, answer).await
+    }
+
     async fn queue<R>(
         &self,
         job: Box<dyn Job>,
@@ -191,9 +256,30 @@ async fn serve(pool: MysqlPool, queue: Queue, max_batch: usize) {
             batch
         };
         let fate = run_batch(&pool, &mut batch).await;
-        let fate = fate.as_ref().copied().map_err(String::as_str);
+        let fate = fate.as_ref().map(|_| ());
         for job in batch {
             job.answer(fate);
+        }
+    }
+}
+
+/// Why a batch did not commit, in the end.
+enum Unwritten {
+    /// Its transaction was lost on every run (a deadlock, a certification conflict, a lost
+    /// node): the writes are worth trying again, in another batch.
+    Lost { reason: &'static str, why: String },
+    /// It could not be written (no connection, a COMMIT refused for good).
+    Failed(String),
+}
+
+impl Unwritten {
+    fn error(&self) -> StoreError {
+        match self {
+            Unwritten::Lost { reason, why } => StoreError::Lost {
+                reason,
+                why: why.clone(),
+            },
+            Unwritten::Failed(why) => StoreError::Commit(why.clone()),
         }
     }
 }
@@ -208,22 +294,44 @@ enum Failed {
 
 /// Runs the batch until it commits or fails for good; `Ok` when every job's own result is its
 /// answer.
-async fn run_batch(pool: &MysqlPool, batch: &mut [Box<dyn Job>]) -> Result<(), String> {
-    let mut last = String::new();
+async fn run_batch(pool: &MysqlPool, batch: &mut [Box<dyn Job>]) -> Result<(), Unwritten> {
+    let mut last = Unwritten::Failed("the batch did not run".into());
+    let started = std::time::Instant::now();
     for attempt in 1..=ATTEMPTS {
-        let mut c = pool.get().await.map_err(|e| e.to_string())?;
+        let mut c = match pool.get().await {
+            Ok(c) => c,
+            // Every connection tried was dead or on a node out of the primary component (each
+            // was dropped): the next check-out opens fresh ones on a node that is synced. Not
+            // past a few seconds, though: a database that does not answer at all is waited
+            // for by each check-out, and its notifications are better answered FAIL.
+            Err(e) if started.elapsed() < RETRY_WINDOW => {
+                tracing::warn!(error = %e, attempt, jobs = batch.len(), "no connection for a MySQL batch; trying again");
+                pool.note_retry(Some("connection_lost"));
+                last = Unwritten::Failed(e.to_string());
+                tokio::time::sleep(super::galera::backoff(attempt as u32)).await;
+                continue;
+            }
+            Err(e) => return Err(Unwritten::Failed(e.to_string())),
+        };
         match run_once(&mut c, batch).await {
             Ok(()) => return Ok(()),
             Err(Failed::Final(why)) => {
                 tracing::error!(error = %why, jobs = batch.len(), "a MySQL batch failed to commit");
                 super::discard(c);
-                return Err(why);
+                return Err(Unwritten::Failed(why));
             }
             Err(Failed::Lost(e)) => {
                 tracing::warn!(error = %e, attempt, jobs = batch.len(), "a MySQL batch's transaction was lost; running it again");
                 super::discard(c);
-                pool.note_retry(super::galera::query_retry_reason(&e));
-                last = format!("the transaction was lost: {e}");
+                let reason = super::galera::query_retry_reason(&e);
+                pool.note_retry(reason);
+                last = match reason {
+                    Some(reason) => Unwritten::Lost {
+                        reason,
+                        why: e.to_string(),
+                    },
+                    None => Unwritten::Failed(format!("the transaction was lost: {e}")),
+                };
                 tokio::time::sleep(super::galera::backoff(attempt as u32)).await;
             }
         }
@@ -237,22 +345,33 @@ async fn run_batch(pool: &MysqlPool, batch: &mut [Box<dyn Job>]) -> Result<(), S
 async fn run_once(c: &mut AsyncMysqlConnection, batch: &mut [Box<dyn Job>]) -> Result<(), Failed> {
     type Tm = AnsiTransactionManager;
     let savepoints = batch.len() > 1;
-    Tm::begin_transaction(c)
-        .await
-        .map_err(|e| Failed::Final(format!("cannot begin a transaction: {e}")))?;
+    Tm::begin_transaction(c).await.map_err(|e| {
+        // A node that left the primary component refuses even the BEGIN: run again elsewhere.
+        if super::galera::query_retry_reason(&e).is_some() {
+            Failed::Lost(e)
+        } else {
+            Failed::Final(format!("cannot begin a transaction: {e}"))
+        }
+    })?;
     let mut settled = vec![false; batch.len()];
-    let moves: Vec<(usize, Arc<Transition>)> = batch
+    let together: Vec<(usize, Together)> = batch
         .iter()
         .enumerate()
-        .filter_map(|(k, job)| job.transition().map(|t| (k, t)))
+        .filter_map(|(k, job)| job.item().map(|t| (k, t)))
         .collect();
-    if moves.len() > 1 {
-        let ts: Vec<&Transition> = moves.iter().map(|(_, t)| &**t).collect();
+    if together.len() > 1 {
+        let items: Vec<orders::Item<'_>> = together
+            .iter()
+            .map(|(_, t)| match t {
+                Together::Move(t) => orders::Item::Move(t),
+                Together::Decide(no, d) => orders::Item::Decide(no, d),
+            })
+            .collect();
         Tm::begin_transaction(c).await.map_err(Failed::Lost)?;
-        match orders::write_many(c, &ts).await {
+        match orders::write_many(c, &items).await {
             Ok(written) => {
                 Tm::commit_transaction(c).await.map_err(Failed::Lost)?;
-                for ((k, _), w) in moves.iter().zip(written) {
+                for ((k, _), w) in together.iter().zip(written) {
                     batch[*k].settle(w);
                     settled[*k] = true;
                 }
@@ -263,7 +382,7 @@ async fn run_once(c: &mut AsyncMysqlConnection, batch: &mut [Box<dyn Job>]) -> R
             // One of them is at fault (a unique or CHECK violation): they are written one by
             // one below, each in its savepoint, so that it fails alone.
             Err(e) => {
-                tracing::warn!(error = %e, moves = moves.len(), "the batch's transitions did not write together; writing them one by one");
+                tracing::warn!(error = %e, items = together.len(), "the batch's order writes did not go together; writing them one by one");
                 Tm::rollback_transaction(c).await.map_err(Failed::Lost)?;
             }
         }

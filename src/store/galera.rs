@@ -160,6 +160,7 @@ pub async fn check_synced(c: &mut AsyncMysqlConnection) -> diesel::ConnectionRes
 pub fn retry_reason(e: &StoreError) -> Option<&'static str> {
     match e {
         StoreError::Query(q) => query_retry_reason(q),
+        StoreError::Lost { reason, .. } => Some(reason),
         _ => None,
     }
 }

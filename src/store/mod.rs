@@ -65,6 +65,11 @@ pub enum StoreError {
     /// commit: nothing of it was kept, and it may be tried again.
     #[error("not committed: {0}")]
     Commit(String),
+    /// The transaction that held this write was lost on every run of its batch (a deadlock, a
+    /// Galera certification conflict, a lost node; `reason` as in
+    /// `coinpay_db_retries_total`): nothing of it was kept, and it is worth trying again.
+    #[error("not committed, its transaction was lost ({reason}): {why}")]
+    Lost { reason: &'static str, why: String },
 }
 
 impl StoreError {
@@ -355,6 +360,20 @@ impl MysqlPool {
             }
         })
         .await
+    }
+
+    /// `orders::load_and_apply` with group commit on: the load, the decision and the move in
+    /// a batch ([`batch::Batcher::run_decide`]), run again as [`Self::write`] is.
+    async fn decide_in_batch(
+        &self,
+        order_no: String,
+        decide: orders::Decide,
+    ) -> Result<Option<orders::Decided>, StoreError> {
+        let Some(b) = &self.batcher else {
+            return Err(StoreError::Connection("group commit is off".into()));
+        };
+        self.again(|| b.run_decide(order_no.clone(), decide.clone()))
+            .await
     }
 
     /// [`Self::retrying`] for work that owns what it needs: not an async closure, which would

@@ -258,51 +258,117 @@ impl Transition {
     }
 }
 
-/// Writes several transitions on MySQL inside the caller's transaction (a batch of group
+/// A decision to take on an order's row as it is when the batch holding it runs (see
+/// [`load_and_apply`]).
+pub type Decide = std::sync::Arc<dyn Fn(&OrderRow) -> Decision + Send + Sync>;
+
+/// One write of a batch that [`write_many`] writes together with the others.
+pub(super) enum Item<'a> {
+    /// A move decided on a row loaded before (its compare-and-set from that row's version).
+    Move(&'a Transition),
+    /// An order to load, decide on and, when the decision is a move, move.
+    Decide(&'a str, &'a Decide),
+}
+
+/// What [`write_many`] made of an [`Item`].
+// One per item of a batch, moved once to its job: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Written {
+    /// An [`Item::Move`]: whether its compare-and-set matched.
+    Moved(bool),
+    /// An [`Item::Decide`]: as [`load_and_apply`] answers (`None`: no such order).
+    Decided(Option<Decided>),
+}
+
+/// Writes several order transitions on MySQL inside the caller's transaction (a batch of group
 /// commit), with a fixed number of statements whatever their number: the orders' rows are
-/// locked and their versions read in one, the credited users' balances in one, and then one
-/// `UPDATE` moves every order that matched, one updates the balances and one inserts the
-/// ledger rows. Written one by one, each transition takes six round trips.
+/// locked and read in one, the credited users' balances in one, and then one `UPDATE` moves
+/// every order that moves, one updates the balances and one inserts the ledger rows. Written one
+/// by one, each transition takes six round trips and its load a seventh.
 ///
-/// One result per transition, in order: whether its compare-and-set matched (`false`: the
-/// order is at another version, or an earlier transition of the same batch moved it; nothing
-/// of it is written), or an error when its credit cannot apply (no such user; nothing of it
-/// written). An error of the whole (a unique or CHECK violation in one of the multi-row
-/// statements) is returned as such: the caller rolls back to before this call and writes the
-/// transitions one by one, so that the one at fault fails alone.
+/// One result per item, in order: for a [`Item::Move`], whether its compare-and-set matched
+/// (`false`: the order is at another version, or an earlier item of the same batch moved it;
+/// nothing of it is written); for an [`Item::Decide`], the decision taken on the row as it is
+/// now and what became of it ([`Decided::Lost`] when an earlier item of the batch moved the
+/// order: it is decided again on the row as that left it, after the commit); an error when a
+/// credit cannot apply (no such user; nothing of that item written). An error of the whole (a
+/// unique or CHECK violation in one of the multi-row statements) is returned as such: the caller
+/// rolls back to before this call and writes the items one by one, so that the one at fault
+/// fails alone.
 pub(super) async fn write_many(
     c: &mut AsyncMysqlConnection,
-    ts: &[&Transition],
-) -> QueryResult<Vec<QueryResult<bool>>> {
+    items: &[Item<'_>],
+) -> QueryResult<Vec<QueryResult<Written>>> {
     use std::collections::{HashMap, HashSet};
     // Locked in the order of their numbers, as every batch does, so that two batches that share
     // orders wait for each other instead of deadlocking.
-    let mut numbers: Vec<&str> = ts.iter().map(|t| t.next.order_no.as_str()).collect();
-    numbers.sort_unstable();
-    numbers.dedup();
-    let versions: HashMap<String, i64> = o::table
-        .filter(o::order_no.eq_any(&numbers))
-        .order(o::order_no.asc())
-        .select((o::order_no, o::version))
-        .for_update()
-        .load::<(String, i64)>(c)
-        .await?
-        .into_iter()
-        .collect();
-    let mut claimed = HashSet::new();
-    let mut results: Vec<QueryResult<bool>> = ts
+    let mut numbers: Vec<&str> = items
         .iter()
-        .map(|t| {
-            let no = t.next.order_no.as_str();
-            Ok(versions.get(no) == Some(&t.version) && claimed.insert(no))
+        .map(|i| match i {
+            Item::Move(t) => t.next.order_no.as_str(),
+            Item::Decide(no, _) => no,
         })
         .collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    let rows: HashMap<String, OrderRow> = o::table
+        .filter(o::order_no.eq_any(&numbers))
+        .order(o::order_no.asc())
+        .select(OrderRow::as_select())
+        .for_update()
+        .load::<OrderRow>(c)
+        .await?
+        .into_iter()
+        .map(|r| (r.order_no.clone(), r))
+        .collect();
 
-    let mut user_ids: Vec<i64> = ts
+    // Each item's plan, in order: what it answers if nothing goes wrong, and the transition it
+    // writes (owned for a decision taken here).
+    #[allow(clippy::large_enum_variant)]
+    enum Step<'t> {
+        Done(Written),
+        Move(&'t Transition),
+        Planned(Box<Planned>),
+    }
+    let mut claimed = HashSet::new();
+    let mut steps: Vec<Step<'_>> = Vec::with_capacity(items.len());
+    for item in items {
+        steps.push(match item {
+            Item::Move(t) => {
+                let no = t.next.order_no.as_str();
+                let matches = rows.get(no).map(|r| r.version) == Some(t.version);
+                if matches && claimed.insert(no.to_string()) {
+                    Step::Move(t)
+                } else {
+                    Step::Done(Written::Moved(false))
+                }
+            }
+            Item::Decide(no, decide) => match rows.get(*no) {
+                None => Step::Done(Written::Decided(None)),
+                Some(_) if claimed.contains(*no) => {
+                    Step::Done(Written::Decided(Some(Decided::Lost)))
+                }
+                Some(row) => match Plan::new(row.clone(), decide(row)) {
+                    Plan::Done(decided) => Step::Done(Written::Decided(Some(decided))),
+                    Plan::Write(planned) => {
+                        claimed.insert(no.to_string());
+                        Step::Planned(Box::new(planned))
+                    }
+                },
+            },
+        });
+    }
+    fn transition<'s, 't: 's>(s: &'s Step<'t>) -> Option<&'s Transition> {
+        match s {
+            Step::Move(t) => Some(*t),
+            Step::Planned(p) => Some(&p.t),
+            Step::Done(_) => None,
+        }
+    }
+
+    let mut user_ids: Vec<i64> = steps
         .iter()
-        .zip(&results)
-        .filter(|(_, r)| matches!(r, Ok(true)))
-        .filter_map(|(t, _)| t.credit.as_ref().map(|e| e.user_id))
+        .filter_map(|s| transition(s)?.credit.as_ref().map(|e| e.user_id))
         .collect();
     user_ids.sort_unstable();
     user_ids.dedup();
@@ -311,9 +377,10 @@ pub(super) async fn write_many(
     } else {
         ledger::lock_balances(c, &user_ids).await?
     };
+    let mut refused = vec![false; steps.len()];
     let mut posted = Vec::new();
-    for (t, r) in ts.iter().zip(results.iter_mut()) {
-        let (Ok(true), Some(e)) = (&*r, &t.credit) else {
+    for (k, s) in steps.iter().enumerate() {
+        let Some(e) = transition(s).and_then(|t| t.credit.as_ref()) else {
             continue;
         };
         match balances.get_mut(&e.user_id) {
@@ -322,15 +389,15 @@ pub(super) async fn write_many(
                 posted.push((e, *b));
             }
             // As `Posted::applied` answers a credit that cannot apply.
-            _ => *r = Err(diesel::result::Error::NotFound),
+            _ => refused[k] = true,
         }
     }
 
-    let moving: Vec<&Transition> = ts
+    let moving: Vec<&Transition> = steps
         .iter()
-        .zip(&results)
-        .filter(|(_, r)| matches!(r, Ok(true)))
-        .map(|(t, _)| *t)
+        .zip(&refused)
+        .filter(|(_, r)| !**r)
+        .filter_map(|(s, _)| transition(s))
         .collect();
     if !moving.is_empty() && move_many(c, &moving).await? != moving.len() {
         // Every row was locked above at the version it is moved from: anything else is a bug,
@@ -338,7 +405,16 @@ pub(super) async fn write_many(
         return Err(diesel::result::Error::NotFound);
     }
     ledger::post_many(c, &posted).await?;
-    Ok(results)
+    Ok(steps
+        .into_iter()
+        .zip(refused)
+        .map(|(s, refused)| match (s, refused) {
+            (_, true) => Err(diesel::result::Error::NotFound),
+            (Step::Done(w), _) => Ok(w),
+            (Step::Move(_), _) => Ok(Written::Moved(true)),
+            (Step::Planned(p), _) => Ok(Written::Decided(Some(p.written(true)))),
+        })
+        .collect())
 }
 
 /// The compare-and-set of [`Transition::compare_and_set`] for several orders in one `UPDATE`,
@@ -425,6 +501,33 @@ async fn write_mysql(p: &MysqlPool, t: Transition) -> Result<(bool, Transition),
     Ok((moved, std::sync::Arc::unwrap_or_clone(t)))
 }
 
+/// [`load_and_apply`] inside the caller's transaction on MySQL, the row locked while it is
+/// decided on: a batch's decision written on its own (one in the batch, or after the batch's
+/// items failed to write together).
+pub(super) async fn decide_one(
+    c: &mut AsyncMysqlConnection,
+    order_no: &str,
+    decide: &Decide,
+) -> QueryResult<Option<Decided>> {
+    let Some(row) = numbered(order_no)
+        .select(OrderRow::as_select())
+        .for_update()
+        .first(c)
+        .await
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let decision = decide(&row);
+    Ok(Some(match Plan::new(row, decision) {
+        Plan::Write(planned) => {
+            let moved = planned.t.write(c).await?;
+            planned.written(moved)
+        }
+        Plan::Done(decided) => decided,
+    }))
+}
+
 /// What [`load_and_apply`] made of the decision taken on the row it loaded.
 pub enum Decided {
     /// The decision moves nothing (it stays, refuses or asks WeChat first): nothing was
@@ -493,9 +596,16 @@ pub async fn load_and_apply<F>(
     decide: F,
 ) -> Result<Option<Decided>, StoreError>
 where
-    F: FnOnce(&OrderRow) -> Decision + Send + 'static,
+    F: Fn(&OrderRow) -> Decision + Send + Sync + 'static,
 {
     match pool {
+        // With group commit, the load, the decision and the move all happen in the batch, on
+        // the row as it is when the batch locks it: no connection of its own, no round trip
+        // of its own.
+        DbPool::Mysql(p) if p.batched() => {
+            let decide: Decide = std::sync::Arc::new(decide);
+            p.decide_in_batch(order_no.to_string(), decide).await
+        }
         DbPool::Sqlite { writer, .. } => {
             let order_no = order_no.to_string();
             let unit = move |c: &mut SqliteConnection| -> QueryResult<Option<Decided>> {
@@ -543,14 +653,6 @@ where
             let Some(row) = row else { return Ok(None) };
             let decision = decide(&row);
             Ok(Some(match Plan::new(row, decision) {
-                // With group commit, the write joins a batch (the load's connection goes back
-                // to the pool first); else it runs on the load's connection.
-                Plan::Write(mut planned) if p.batched() => {
-                    drop(c);
-                    let (moved, t) = write_mysql(p, planned.t).await?;
-                    planned.t = t;
-                    planned.written(moved)
-                }
                 Plan::Write(planned) => {
                     let moved = match planned.t.write(&mut c).await {
                         Ok(moved) => moved,

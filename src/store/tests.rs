@@ -373,6 +373,79 @@ async fn mysql_group_commit_writes_a_batch_of_transitions_together() {
     );
 }
 
+/// MySQL's group commit loads, decides on and moves orders met by `load_and_apply` in the batch
+/// itself: two decisions on one order in one batch credit it once (the second is `Lost`, to be
+/// decided again on the row the first left), a decision that moves nothing writes nothing, and
+/// an unknown order is `None`.
+#[tokio::test]
+async fn mysql_group_commit_decides_in_the_batch() {
+    use crate::order::state::{Decision, Move};
+    let Some(s) = TestStore::mysql().await else {
+        return;
+    };
+    let DbPool::Mysql(p) = &s.pool else {
+        panic!("a MySQL pool")
+    };
+    let a = s.pending_order("CPSTOREDECIDE001").await;
+    let b = s.pending_order("CPSTOREDECIDE002").await;
+    let pay = |tx: &'static str| {
+        move |row: &OrderRow| {
+            if row.status == OrderStatus::Pending {
+                Decision::Move(Move {
+                    to: OrderStatus::Paid,
+                    effect: Effect::Credit {
+                        transaction_id: tx.to_string(),
+                        paid_at: None,
+                    },
+                    late: false,
+                })
+            } else {
+                Decision::Stay(crate::order::state::Stay::Duplicate)
+            }
+        }
+    };
+    let slow = occupy_batchers(p).await;
+    let mut queued = Vec::new();
+    for (no, tx) in [
+        (a.order_no.clone(), "TD1"),
+        (a.order_no.clone(), "TD1"),
+        (b.order_no.clone(), "TD2"),
+        ("CPSTOREDECIDE404".to_string(), "TD4"),
+    ] {
+        let pool = s.pool.clone();
+        let decide = pay(tx);
+        queued.push(tokio::spawn(async move {
+            orders::load_and_apply(&pool, &no, decide).await
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    for s in slow {
+        s.await.expect("join").expect("slow write");
+    }
+    let mut answers = Vec::new();
+    for q in queued {
+        answers.push(q.await.expect("join").expect("decided"));
+    }
+    assert!(matches!(answers[0], Some(orders::Decided::Written { .. })));
+    assert!(matches!(answers[1], Some(orders::Decided::Lost)));
+    assert!(matches!(answers[2], Some(orders::Decided::Written { .. })));
+    assert!(answers[3].is_none());
+    assert_eq!(s.balance(a.user_id).await, Coins(60));
+    assert_eq!(s.balance(b.user_id).await, Coins(60));
+    // Decided again, now in a batch of its own: it stays, and nothing is written.
+    let again = orders::load_and_apply(&s.pool, &a.order_no, pay("TD1"))
+        .await
+        .expect("decided");
+    assert!(matches!(again, Some(orders::Decided::Unwritten { .. })));
+    assert_eq!(s.balance(a.user_id).await, Coins(60));
+    assert!(
+        ledger::invariant_violations(&s.pool)
+            .await
+            .expect("check")
+            .is_empty()
+    );
+}
+
 async fn mysql_values(p: &super::MysqlPool) -> Vec<i32> {
     use diesel_async::RunQueryDsl;
     #[derive(diesel::QueryableByName)]
@@ -390,7 +463,9 @@ async fn mysql_values(p: &super::MysqlPool) -> Vec<i32> {
 
 /// MySQL's group commit: a write that fails in a batch (a unique or CHECK violation) is rolled
 /// back alone and the others commit; a batch whose transaction is lost on every run (its
-/// connection killed under it) answers an error to every write and keeps none of them.
+/// connection killed under it) keeps none of its writes, and each is tried again on its own
+/// (`StoreError::Lost` is retried): the one that kills its connection fails in the end, and each
+/// other is kept exactly when it was answered Ok.
 #[tokio::test]
 async fn mysql_group_commit_fails_a_bad_write_alone_and_a_lost_batch_whole() {
     let Some(s) = TestStore::mysql().await else {
@@ -449,13 +524,22 @@ async fn mysql_group_commit_fails_a_bad_write_alone_and_a_lost_batch_whole() {
         ],
     )
     .await;
-    for a in &answers {
-        assert!(matches!(a, Err(StoreError::Commit(_))), "{answers:?}");
+    assert!(
+        matches!(answers[1], Err(StoreError::Lost { .. })),
+        "{answers:?}"
+    );
+    let mut kept = vec![1, 2, 4];
+    for (x, a) in [(10, &answers[0]), (11, &answers[2])] {
+        match a {
+            Ok(()) => kept.push(x),
+            Err(e) => assert!(matches!(e, StoreError::Lost { .. }), "{answers:?}"),
+        }
     }
-    assert_eq!(mysql_values(p).await, [1, 2, 4]);
+    assert_eq!(mysql_values(p).await, kept, "{answers:?}");
     // The pool goes on with fresh connections.
     p.write(sql_work("INSERT INTO bt VALUES (12)".into()))
         .await
         .expect("a write after the lost batch");
-    assert_eq!(mysql_values(p).await, [1, 2, 4, 12]);
+    kept.push(12);
+    assert_eq!(mysql_values(p).await, kept);
 }

@@ -42,8 +42,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
 
-/// How many jobs one transaction holds at most when `COINPAY_WRITE_BATCH` is not set.
-pub const DEFAULT_MAX_BATCH: usize = 64;
+/// How many jobs one transaction holds at most when `COINPAY_WRITE_BATCH` is not set, on
+/// SQLite and on MySQL: 32 measured fastest of 1, 8, 32 and 128 on both (README, Group commit).
+pub const DEFAULT_MAX_BATCH: usize = 32;
 
 /// What a job leaves behind once it ran: whether it succeeded (else its savepoint is rolled
 /// back), and how to answer its caller once the batch's fate is known (`Err`: the batch did not
