@@ -117,8 +117,20 @@ start_node() { # n [--wsrep-new-cluster]
   id mysql >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin mysql
   chown -R mysql:mysql "$d"
   if [[ ! -d $d/data/mysql ]]; then
-    mariadb-install-db --defaults-file="$d/my.cnf" --user=mysql --auth-root-authentication-method=socket >"$d/install.log" 2>&1 \
-      || { tail -20 "$d/install.log" >&2; die "mariadb-install-db failed for node $n"; }
+    # Once in a while (seen once in dozens of boots, cause not found in its log) it fails on a
+    # fresh datadir; trying again on a clean one costs a second.
+    local try
+    for try in 1 2 3; do
+      mariadb-install-db --defaults-file="$d/my.cnf" --user=mysql --auth-root-authentication-method=socket >"$d/install.log" 2>&1 && break
+      if ((try == 3)); then
+        grep -iE "error|warn" "$d/install.log" | head -10 >&2
+        tail -20 "$d/install.log" >&2
+        die "mariadb-install-db failed for node $n"
+      fi
+      log "mariadb-install-db failed for node $n (try $try): $(grep -iE 'error' "$d/install.log" | head -1); trying again on a clean datadir"
+      rm -rf "$d/data"
+      sleep 1
+    done
   fi
   rm -f "$(sock "$n")"
   # shellcheck disable=SC2086

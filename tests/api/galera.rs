@@ -396,10 +396,12 @@ async fn two_instances_on_a_galera_cluster_lose_a_node_and_nothing_goes_wrong() 
 /// certifies a transaction by the keys of the rows it writes, and a unique key with a NULL column
 /// (the ledger's `(kind, request_id)` of a recharge, before migration 2026-12-01-000003) gives every
 /// row the same key. Forty notifications of forty users' orders, all at once, half through each
-/// instance on its own node: every one is acknowledged at the first delivery and (almost) none
-/// had to be retried. Before the migration nearly every overlapping pair of commits conflicted.
+/// instance on its own node, one transaction each: every one is acknowledged at the first
+/// delivery and (almost) none had to be retried. Without the migration this test fails: 19 of the
+/// 40 were retried after a conflict.
 #[actix_web::test]
 async fn payments_of_different_users_on_two_nodes_do_not_conflict() {
+    const PAYMENTS: usize = 200;
     let Some(nodes) = cluster() else { return };
     let _alone = CLUSTER.lock().await;
     let (per_node, multi) = fresh_database(&nodes, "keys").await;
@@ -409,16 +411,20 @@ async fn payments_of_different_users_on_two_nodes_do_not_conflict() {
         .against(&sim, free_port())
         .env("DATABASE_URL", &multi(&[0, 1, 2]))
         .env("INSTANCE_ID", "keys-a")
+        // One transaction per payment: each conflict is one payment's (a batch would hide a
+        // conflict of several behind one retry).
+        .env("COINPAY_WRITE_BATCH", "1")
         .spawn();
     let b = app(&db)
         .against(&sim, free_port())
         .env("DATABASE_URL", &multi(&[1, 2, 0]))
         .env("INSTANCE_ID", "keys-b")
+        .env("COINPAY_WRITE_BATCH", "1")
         .spawn();
     let package = sixty_coins(&a).await;
     let mut bodies = Vec::new();
     let mut tokens = Vec::new();
-    for u in 0..40 {
+    for u in 0..PAYMENTS {
         let (token, _) = a.login(&format!("keys-user-{u}")).await;
         let no = a.create_order(&token, package).await["order_no"]
             .as_str()
@@ -443,9 +449,13 @@ async fn payments_of_different_users_on_two_nodes_do_not_conflict() {
     let acked = replies.iter().filter(|r| r.text() == SUCCESS).count();
     assert_eq!(acked, bodies.len(), "every payment acknowledged at once");
     let retried = deadlocks(&a.metrics().await) + deadlocks(&b.metrics().await) - before;
+    eprintln!(
+        "payments retried after a conflict: {retried} of {}",
+        bodies.len()
+    );
     assert!(
-        retried <= 2.0,
-        "{retried} transactions of 40 payments of 40 different users were retried after a conflict"
+        retried <= 3.0,
+        "{retried} of {PAYMENTS} payments of as many users were retried after a conflict"
     );
     for t in &tokens {
         assert_eq!(b.balance(t).await, 60);
