@@ -65,6 +65,7 @@ trait Job: Send {
 }
 
 /// What a job gives [`orders::write_many`] to write.
+#[derive(Clone)]
 enum Together {
     Move(Arc<Transition>),
     Decide(String, Decide),
@@ -96,13 +97,16 @@ impl<R: Send + 'static> Job for Typed<R> {
     }
 }
 
-/// An order transition: a [`Typed`] job that the batch may write together with the others.
-struct Moving {
-    t: Arc<Transition>,
-    job: Typed<bool>,
+/// An order write (a transition, or a decision to take in the batch): a [`Typed`] job that the
+/// batch writes together with the others, its result taken out of what
+/// [`orders::write_many`] wrote for it by `take`; on its own, its work runs as any job's.
+struct Joint<R> {
+    item: Together,
+    take: fn(Written) -> QueryResult<R>,
+    job: Typed<R>,
 }
 
-impl Job for Moving {
+impl<R: Send + 'static> Job for Joint<R> {
     fn run<'c>(&'c mut self, c: &'c mut AsyncMysqlConnection) -> BoxFuture<'c, bool> {
         self.job.run(c)
     }
@@ -112,42 +116,11 @@ impl Job for Moving {
     }
 
     fn item(&self) -> Option<Together> {
-        Some(Together::Move(self.t.clone()))
+        Some(self.item.clone())
     }
 
     fn settle(&mut self, written: QueryResult<Written>) {
-        self.job.result = Some(written.and_then(|w| match w {
-            Written::Moved(moved) => Ok(moved),
-            Written::Decided(_) => Err(diesel::result::Error::NotFound),
-        }));
-    }
-}
-
-/// An order to load, decide on and move in the batch (`orders::load_and_apply`).
-struct Deciding {
-    order_no: String,
-    decide: Decide,
-    job: Typed<Option<Decided>>,
-}
-
-impl Job for Deciding {
-    fn run<'c>(&'c mut self, c: &'c mut AsyncMysqlConnection) -> BoxFuture<'c, bool> {
-        self.job.run(c)
-    }
-
-    fn answer(self: Box<Self>, batch: Result<(), &Unwritten>) {
-        Box::new(self.job).answer(batch)
-    }
-
-    fn item(&self) -> Option<Together> {
-        Some(Together::Decide(self.order_no.clone(), self.decide.clone()))
-    }
-
-    fn settle(&mut self, written: QueryResult<Written>) {
-        self.job.result = Some(written.and_then(|w| match w {
-            Written::Decided(decided) => Ok(decided),
-            Written::Moved(_) => Err(diesel::result::Error::NotFound),
-        }));
+        self.job.result = Some(written.and_then(self.take));
     }
 }
 
@@ -185,20 +158,16 @@ impl Batcher {
     /// Writes the order transition `t` in a batch (with the batch's other transitions, in
     /// the same statements) and returns whether its compare-and-set matched, once committed.
     pub(super) async fn run_move(&self, t: Arc<Transition>) -> Result<bool, StoreError> {
-        let (reply, answer) = oneshot::channel();
         let written = t.clone();
-        let job = Box::new(Moving {
-            t,
-            job: Typed {
-                work: Box::new(move |c| {
-                    let t = written.clone();
-                    Box::pin(async move { t.write(c).await })
-                }),
-                result: None,
-                reply,
-            },
+        let work: Work<bool> = Box::new(move |c| {
+            let t = written.clone();
+            Box::pin(async move { t.write(c).await })
         });
-        self.queue(job, answer).await
+        let take = |w| match w {
+            Written::Moved(moved) => Ok(moved),
+            Written::Decided(_) => Err(diesel::result::Error::NotFound),
+        };
+        self.joint(Together::Move(t), take, work).await
     }
 
     /// Loads the order `order_no` in a batch, takes `decide` on its row and, when that is a
@@ -209,16 +178,32 @@ impl Batcher {
         order_no: String,
         decide: Decide,
     ) -> Result<Option<Decided>, StoreError> {
-        let (reply, answer) = oneshot::channel();
         let (no, d) = (order_no.clone(), decide.clone());
-        let job = Box::new(Deciding {
-            order_no,
-            decide,
+        let work: Work<Option<Decided>> = Box::new(move |c| {
+            let (no, d) = (no.clone(), d.clone());
+            Box::pin(async move { orders::decide_one(c, &no, &d).await })
+        });
+        let take = |w| match w {
+            Written::Decided(decided) => Ok(decided),
+            Written::Moved(_) => Err(diesel::result::Error::NotFound),
+        };
+        self.joint(Together::Decide(order_no, decide), take, work)
+            .await
+    }
+
+    /// Queues an order write (see [`Joint`]) and returns its answer once committed.
+    async fn joint<R: Send + 'static>(
+        &self,
+        item: Together,
+        take: fn(Written) -> QueryResult<R>,
+        work: Work<R>,
+    ) -> Result<R, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Joint {
+            item,
+            take,
             job: Typed {
-                work: Box::new(move |c| {
-                    let (no, d) = (no.clone(), d.clone());
-                    Box::pin(async move { orders::decide_one(c, &no, &d).await })
-                }),
+                work,
                 result: None,
                 reply,
             },

@@ -363,17 +363,18 @@ impl MysqlPool {
     }
 
     /// `orders::load_and_apply` with group commit on: the load, the decision and the move in
-    /// a batch ([`batch::Batcher::run_decide`]), run again as [`Self::write`] is.
+    /// a batch ([`batch::Batcher::run_decide`]), run again as [`Self::write`] is. `None` when
+    /// group commit is off.
     async fn decide_in_batch(
         &self,
-        order_no: String,
-        decide: orders::Decide,
-    ) -> Result<Option<orders::Decided>, StoreError> {
-        let Some(b) = &self.batcher else {
-            return Err(StoreError::Connection("group commit is off".into()));
-        };
-        self.again(|| b.run_decide(order_no.clone(), decide.clone()))
-            .await
+        order_no: &str,
+        decide: &orders::Decide,
+    ) -> Option<Result<Option<orders::Decided>, StoreError>> {
+        let b = self.batcher.as_ref()?;
+        Some(
+            self.again(|| b.run_decide(order_no.to_string(), decide.clone()))
+                .await,
+        )
     }
 
     /// [`Self::retrying`] for work that owns what it needs: not an async closure, which would
@@ -397,6 +398,7 @@ impl MysqlPool {
     }
 
     /// Whether writes are committed in batches.
+    #[cfg(test)]
     pub fn batched(&self) -> bool {
         self.batcher.is_some()
     }

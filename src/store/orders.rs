@@ -598,14 +598,8 @@ pub async fn load_and_apply<F>(
 where
     F: Fn(&OrderRow) -> Decision + Send + Sync + 'static,
 {
+    let decide: Decide = std::sync::Arc::new(decide);
     match pool {
-        // With group commit, the load, the decision and the move all happen in the batch, on
-        // the row as it is when the batch locks it: no connection of its own, no round trip
-        // of its own.
-        DbPool::Mysql(p) if p.batched() => {
-            let decide: Decide = std::sync::Arc::new(decide);
-            p.decide_in_batch(order_no.to_string(), decide).await
-        }
         DbPool::Sqlite { writer, .. } => {
             let order_no = order_no.to_string();
             let unit = move |c: &mut SqliteConnection| -> QueryResult<Option<Decided>> {
@@ -629,6 +623,12 @@ where
             writer.run(unit).await
         }
         DbPool::Mysql(p) => {
+            // With group commit, the load, the decision and the move all happen in the batch,
+            // on the row as it is when the batch locks it: no connection of its own, no round
+            // trip of its own.
+            if let Some(decided) = p.decide_in_batch(order_no, &decide).await {
+                return decided;
+            }
             // The load is the connection's check (see MysqlPool): on failure, once more on a
             // checked connection.
             let mut c = p.get_for_read().await?;
