@@ -85,6 +85,11 @@ pub struct Notify {
 pub struct Prepare {
     pub openid: String,
     pub client_ip: String,
+    /// The row as its creator just stored it, which an actor with no row of its own starts
+    /// from instead of loading it (boxed: it is sent along once, and keeps the message small).
+    /// A row that is stale by the time it is used costs nothing: every move is a
+    /// compare-and-set on its version, and a miss reloads.
+    pub created: Option<Box<OrderRow>>,
 }
 
 /// The sweeper's look at an overdue order (`may_expire`), or an operator's re-check, which asks
@@ -262,7 +267,7 @@ impl Handler<Prepare> for OrderActor {
 
     fn handle(&mut self, msg: Prepare, _: &mut Self::Context) -> Self::Result {
         self.supervise(async move |core, order_no, row| {
-            let row = loaded(&core, &order_no, row).await?;
+            let row = loaded(&core, &order_no, row.or(msg.created.map(|b| *b))).await?;
             if row.status != OrderStatus::Created {
                 return Ok((Some(row.clone()), Prepared::Unchanged(row)));
             }

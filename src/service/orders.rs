@@ -18,8 +18,8 @@ use crate::order::actor::{
 };
 use crate::order::number::OrderNumbers;
 use crate::order::registry::OrderRegistry;
-use crate::store::orders::{self, NewOrder, OrderRow};
-use crate::store::{DbPool, StoreError, now_ms, packages, users};
+use crate::store::orders::{self, Creation, OrderRequest, OrderRow, Refusal};
+use crate::store::{DbPool, StoreError, now_ms};
 use crate::wechat::client::{PayCredentials, WechatClient, WechatError};
 use crate::wechat::pay_params::{self, PayParams};
 use crate::wechat::sign;
@@ -106,50 +106,44 @@ impl OrderService {
             .pay
             .as_ref()
             .ok_or(CreateOrderError::PaymentUnavailable)?;
-        let package = packages::get(&self.db, package_id)
-            .await?
-            .ok_or(CreateOrderError::UnknownPackage)?;
-        if !package.active {
-            return Err(CreateOrderError::PackageInactive(package_id));
-        }
-        let user = users::get(&self.db, user_id)
-            .await?
-            .ok_or(CreateOrderError::UnknownUser)?;
-
         let created_at = now_ms();
-        let expires_at = created_at + self.expire_ms;
-        let mut order_no = None;
+        let mut created = None;
         for _ in 0..NUMBER_ATTEMPTS {
-            let candidate = self.numbers.next().await;
-            let new = NewOrder {
-                order_no: &candidate,
+            let request = OrderRequest {
+                order_no: self.numbers.next().await,
                 user_id,
                 package_id,
-                // Copied now: later package edits never change this order.
-                amount_fen: package.price_fen,
-                coins: package.coins,
-                bonus_coins: package.bonus_coins,
                 created_at,
-                expires_at,
+                expires_at: created_at + self.expire_ms,
             };
-            match orders::insert(&self.db, &new).await {
-                Ok(()) => {
-                    order_no = Some(candidate);
+            let order_no = request.order_no.clone();
+            match orders::create(&self.db, request).await {
+                Ok(Creation::Created { row, openid }) => {
+                    created = Some((row, openid));
                     break;
                 }
+                Ok(Creation::Refused(refusal)) => {
+                    return Err(match refusal {
+                        Refusal::UnknownPackage => CreateOrderError::UnknownPackage,
+                        Refusal::PackageInactive => CreateOrderError::PackageInactive(package_id),
+                        Refusal::UnknownUser => CreateOrderError::UnknownUser,
+                    });
+                }
                 Err(e) if e.is_unique_violation() => {
-                    tracing::warn!(order_no = %candidate, "order number collision; retrying");
+                    tracing::warn!(order_no = %order_no, "order number collision; retrying");
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        let order_no = order_no.ok_or(CreateOrderError::NoFreeNumber)?;
+        let (row, openid) = created.ok_or(CreateOrderError::NoFreeNumber)?;
+        let order_no = row.order_no.clone();
         self.metrics.order_event("created");
-        tracing::info!(order_no = %order_no, user_id, package_id, amount_fen = package.price_fen.0, "order created");
+        tracing::info!(order_no = %order_no, user_id, package_id, amount_fen = row.amount_fen.0, "order created");
 
         let prepare = Prepare {
-            openid: user.openid,
+            openid,
             client_ip: client_ip.to_string(),
+            created: Some(row),
         };
         let row = match self.registry.send(&order_no, prepare).await? {
             Prepared::Refused { error, .. } => return Err(error.into()),

@@ -116,7 +116,7 @@ pub async fn by_request(
 ) -> Result<Option<LedgerRow>, StoreError> {
     Ok(with_read!(pool, conn => requested(kind, request_id)
         .select(LedgerRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .await
         .optional()?))
 }
@@ -225,7 +225,7 @@ fn insert_row(e: &Entry, balance_after: Coins) -> impl Statement + '_ {
 /// Posts `e` inside the caller's transaction, with sync diesel (SQLite's writer thread).
 pub fn post_blocking(c: &mut SqliteConnection, e: &Entry) -> QueryResult<Posted> {
     let moved = super::execute_blocking(move_balance(e), c)? > 0;
-    let balance = diesel::RunQueryDsl::first(balance_of(e.user_id), c).optional()?;
+    let balance = diesel::RunQueryDsl::get_result(balance_of(e.user_id), c).optional()?;
     let posted = Posted::from(moved, balance);
     if let Posted::Applied(after) = posted {
         super::execute_blocking(insert_row(e, after), c)?;
@@ -236,7 +236,7 @@ pub fn post_blocking(c: &mut SqliteConnection, e: &Entry) -> QueryResult<Posted>
 /// Posts `e` inside the caller's transaction, with diesel-async (MySQL).
 pub async fn post(c: &mut AsyncMysqlConnection, e: &Entry) -> QueryResult<Posted> {
     let moved = move_balance(e).execute(c).await? > 0;
-    let balance = balance_of(e.user_id).first(c).await.optional()?;
+    let balance = balance_of(e.user_id).get_result(c).await.optional()?;
     let posted = Posted::from(moved, balance);
     if let Posted::Applied(after) = posted {
         insert_row(e, after).execute(c).await?;
@@ -402,7 +402,7 @@ pub async fn apply_movement(pool: &DbPool, m: &Movement<'_>) -> Result<MoveOutco
 fn movement_blocking(c: &mut SqliteConnection, e: &Entry) -> QueryResult<MoveOutcome> {
     let request_id = e.request_id.as_deref().unwrap_or_default();
     let first = |c: &mut SqliteConnection| {
-        diesel::RunQueryDsl::first(
+        diesel::RunQueryDsl::get_result(
             requested(e.kind, request_id).select(LedgerRow::as_select()),
             c,
         )

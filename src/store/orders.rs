@@ -56,7 +56,12 @@ pub struct NewOrder<'a> {
 }
 
 pub async fn insert(pool: &DbPool, n: &NewOrder<'_>) -> Result<(), StoreError> {
-    let insert = diesel::insert_into(o::table).values((
+    super::execute(pool, insert_statement(n)).await?;
+    Ok(())
+}
+
+fn insert_statement(n: &NewOrder<'_>) -> impl Statement + 'static {
+    diesel::insert_into(o::table).values((
         o::order_no.eq(n.order_no.to_string()),
         o::user_id.eq(n.user_id),
         o::package_id.eq(n.package_id),
@@ -68,9 +73,120 @@ pub async fn insert(pool: &DbPool, n: &NewOrder<'_>) -> Result<(), StoreError> {
         o::created_at.eq(n.created_at),
         o::expires_at.eq(n.expires_at),
         o::updated_at.eq(n.created_at),
-    ));
-    super::execute(pool, insert).await?;
-    Ok(())
+    ))
+}
+
+/// An order to create: who buys which package, under which number, and when it expires.
+#[derive(Clone, Debug)]
+pub struct OrderRequest {
+    pub order_no: String,
+    pub user_id: i64,
+    pub package_id: i64,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// What [`create`] came to: the order as stored, with its buyer's openid (unifiedorder needs
+/// it), or why nothing was written.
+#[derive(Debug)]
+pub enum Creation {
+    Created { row: Box<OrderRow>, openid: String },
+    Refused(Refusal),
+}
+
+/// Why [`create`] wrote nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    UnknownPackage,
+    PackageInactive,
+    UnknownUser,
+}
+
+/// Whether an order may be made of `package` for `user`, and if so the row to insert: the
+/// package's price and coins are copied into it, so later package edits never change it.
+fn admit<'a>(
+    req: &'a OrderRequest,
+    package: Option<super::packages::Package>,
+    user: Option<super::users::User>,
+) -> Result<(NewOrder<'a>, String), Refusal> {
+    let package = package.ok_or(Refusal::UnknownPackage)?;
+    if !package.active {
+        return Err(Refusal::PackageInactive);
+    }
+    let user = user.ok_or(Refusal::UnknownUser)?;
+    let new = NewOrder {
+        order_no: &req.order_no,
+        user_id: req.user_id,
+        package_id: req.package_id,
+        amount_fen: package.price_fen,
+        coins: package.coins,
+        bonus_coins: package.bonus_coins,
+        created_at: req.created_at,
+        expires_at: req.expires_at,
+    };
+    Ok((new, user.openid))
+}
+
+/// Creates an order (status created) of the request's package for its user, reading the
+/// package and the user and writing the row in one go, and returns the row as stored, which
+/// the order's actor then starts from instead of loading it again. A number already taken is
+/// the unique violation it is (the caller draws another).
+///
+/// On SQLite the whole of it is one job of the writer, on the writer's own connection: the two
+/// look-ups, the insert and the row read back cost no hand-over to a blocking thread each, and
+/// the order is committed with whatever else the writer's batch holds.
+pub async fn create(pool: &DbPool, req: OrderRequest) -> Result<Creation, StoreError> {
+    use super::packages::Package;
+    use super::schema::{recharge_packages as packages, users};
+    use super::users::User;
+    match pool {
+        DbPool::Sqlite { writer, .. } => {
+            writer
+                .run(move |c| {
+                    use diesel::RunQueryDsl as Sync;
+                    let package = Sync::get_result(
+                        packages::table
+                            .find(req.package_id)
+                            .select(Package::as_select()),
+                        c,
+                    )
+                    .optional()?;
+                    let user = Sync::get_result(
+                        users::table.find(req.user_id).select(User::as_select()),
+                        c,
+                    )
+                    .optional()?;
+                    let (new, openid) = match admit(&req, package, user) {
+                        Ok(admitted) => admitted,
+                        Err(refused) => return Ok(Creation::Refused(refused)),
+                    };
+                    super::execute_blocking(insert_statement(&new), c)?;
+                    let row =
+                        Sync::get_result(numbered(&req.order_no).select(OrderRow::as_select()), c)?;
+                    Ok(Creation::Created {
+                        row: Box::new(row),
+                        openid,
+                    })
+                })
+                .await
+        }
+        DbPool::Mysql(_) => {
+            let package = super::packages::get(pool, req.package_id).await?;
+            let user = super::users::get(pool, req.user_id).await?;
+            let (new, openid) = match admit(&req, package, user) {
+                Ok(admitted) => admitted,
+                Err(refused) => return Ok(Creation::Refused(refused)),
+            };
+            super::execute(pool, insert_statement(&new)).await?;
+            let row = get(pool, &req.order_no).await?.ok_or_else(|| {
+                StoreError::Connection(format!("order {} vanished after its insert", req.order_no))
+            })?;
+            Ok(Creation::Created {
+                row: Box::new(row),
+                openid,
+            })
+        }
+    }
 }
 
 /// The order numbered `order_no`.
@@ -81,7 +197,7 @@ fn numbered<'a>(order_no: &'a str) -> _ {
 
 pub async fn get(pool: &DbPool, order_no: &str) -> Result<Option<OrderRow>, StoreError> {
     Ok(
-        with_read!(pool, conn => numbered(order_no).select(OrderRow::as_select()).first(conn).await.optional()?),
+        with_read!(pool, conn => numbered(order_no).select(OrderRow::as_select()).get_result(conn).await.optional()?),
     )
 }
 
@@ -92,7 +208,7 @@ pub async fn get_by_transaction(
     Ok(with_read!(pool, conn => o::table
         .filter(o::transaction_id.eq(transaction_id))
         .select(OrderRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .await
         .optional()?))
 }
@@ -603,7 +719,7 @@ where
         DbPool::Sqlite { writer, .. } => {
             let order_no = order_no.to_string();
             let unit = move |c: &mut SqliteConnection| -> QueryResult<Option<Decided>> {
-                let Some(row) = diesel::RunQueryDsl::first(
+                let Some(row) = diesel::RunQueryDsl::get_result(
                     numbered(&order_no).select(OrderRow::as_select()),
                     c,
                 )

@@ -55,7 +55,7 @@ pub async fn get(pool: &DbPool, id: i64) -> Result<Option<Package>, StoreError> 
     Ok(with_read!(pool, conn => p::table
         .find(id)
         .select(Package::as_select())
-        .first(conn)
+        .get_result(conn)
         .await
         .optional()?))
 }

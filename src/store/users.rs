@@ -24,7 +24,7 @@ pub async fn get(pool: &DbPool, id: i64) -> Result<Option<User>, StoreError> {
     Ok(with_read!(pool, conn => u::table
         .find(id)
         .select(User::as_select())
-        .first(conn)
+        .get_result(conn)
         .await
         .optional()?))
 }
@@ -33,7 +33,7 @@ pub async fn by_openid(pool: &DbPool, openid: &str) -> Result<Option<User>, Stor
     Ok(with_read!(pool, conn => u::table
         .filter(u::openid.eq(openid))
         .select(User::as_select())
-        .first(conn)
+        .get_result(conn)
         .await
         .optional()?))
 }

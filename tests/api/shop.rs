@@ -299,6 +299,21 @@ async fn admin_packages_orders_users_and_adjustments(backend: Backend) {
         .await;
     assert_eq!(r.status, 422);
     assert_eq!(r.json()["error"]["code"], "package_inactive");
+    let r = app
+        .post_json(
+            "/api/v1/client/coin/recharge/order",
+            Some(&token),
+            &json!({"package_id": 987_654}),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "not_found");
+    // Neither refusal wrote an order: the user still has the one made above.
+    let mine = app
+        .get("/api/v1/client/coin/recharge/orders", Some(&token))
+        .await
+        .json();
+    assert_eq!(mine["total"], 1, "{mine}");
 
     // Pay the order; an operator finds it by number, by transaction and in lists.
     app.sandbox_pay(&no, "").await;
