@@ -170,17 +170,31 @@ pub async fn create(pool: &DbPool, req: OrderRequest) -> Result<Creation, StoreE
                 })
                 .await
         }
-        DbPool::Mysql(_) => {
-            let package = super::packages::get(pool, req.package_id).await?;
-            let user = super::users::get(pool, req.user_id).await?;
+        // One connection for the four statements, where each took one (and its check) of its
+        // own. Not retried: a lost insert is the client's to retry, as any single write.
+        DbPool::Mysql(p) => {
+            let mut c = p.get().await?;
+            let package = packages::table
+                .find(req.package_id)
+                .select(Package::as_select())
+                .get_result(&mut *c)
+                .await
+                .optional()?;
+            let user = users::table
+                .find(req.user_id)
+                .select(User::as_select())
+                .get_result(&mut *c)
+                .await
+                .optional()?;
             let (new, openid) = match admit(&req, package, user) {
                 Ok(admitted) => admitted,
                 Err(refused) => return Ok(Creation::Refused(refused)),
             };
-            super::execute(pool, insert_statement(&new)).await?;
-            let row = get(pool, &req.order_no).await?.ok_or_else(|| {
-                StoreError::Connection(format!("order {} vanished after its insert", req.order_no))
-            })?;
+            insert_statement(&new).execute(&mut *c).await?;
+            let row = numbered(&req.order_no)
+                .select(OrderRow::as_select())
+                .get_result(&mut *c)
+                .await?;
             Ok(Creation::Created {
                 row: Box::new(row),
                 openid,

@@ -161,6 +161,88 @@ on_both_backends!(
     second_recharge_row_is_a_unique_violation_mysql
 );
 
+/// `orders::create` reads the package and the user and writes the row in one go: the row it
+/// returns is the one stored, with the package's price and coins copied in; an unknown package,
+/// a package off sale or an unknown user writes nothing; a number already taken is a unique
+/// violation (the service draws another on it).
+async fn create_copies_the_package_and_refuses_without_writing(s: TestStore) {
+    use super::orders::{Creation, OrderRequest, Refusal};
+    use super::packages::{self, PackageFields};
+    let user = users::upsert_by_openid(&s.pool, "openid-create", None)
+        .await
+        .expect("user");
+    let request = |order_no: &str, user_id: i64, package_id: i64| OrderRequest {
+        order_no: order_no.into(),
+        user_id,
+        package_id,
+        created_at: now_ms(),
+        expires_at: now_ms() + 60_000,
+    };
+    let refused = |c: Result<Creation, StoreError>| match c {
+        Ok(Creation::Refused(r)) => r,
+        other => panic!("expected a refusal: {other:?}"),
+    };
+    let off_sale = packages::create(
+        &s.pool,
+        &PackageFields {
+            name: "off sale".into(),
+            coins: Coins(5),
+            bonus_coins: Coins(0),
+            price_fen: Fen(50),
+            sort_order: 9,
+            active: false,
+        },
+    )
+    .await
+    .expect("package");
+    let cases = [
+        (
+            request("CPCREATE000000001", user.id, 987_654),
+            Refusal::UnknownPackage,
+        ),
+        (
+            request("CPCREATE000000002", user.id, off_sale.id),
+            Refusal::PackageInactive,
+        ),
+        (
+            request("CPCREATE000000003", 987_654, 1),
+            Refusal::UnknownUser,
+        ),
+    ];
+    for (req, why) in cases {
+        let no = req.order_no.clone();
+        assert_eq!(refused(orders::create(&s.pool, req).await), why);
+        assert_eq!(orders::get(&s.pool, &no).await.expect("get"), None);
+    }
+
+    let Ok(Creation::Created { row, openid }) =
+        orders::create(&s.pool, request("CPCREATE000000004", user.id, 1)).await
+    else {
+        panic!("package 1 for a known user is created");
+    };
+    assert_eq!(openid, "openid-create");
+    assert_eq!(
+        (row.status, row.amount_fen, row.coins, row.version),
+        (OrderStatus::Created, Fen(600), Coins(60), 0)
+    );
+    let stored = orders::get(&s.pool, "CPCREATE000000004")
+        .await
+        .expect("get");
+    assert_eq!(stored.as_ref(), Some(&*row));
+
+    let again = orders::create(&s.pool, request("CPCREATE000000004", user.id, 1)).await;
+    assert!(
+        matches!(&again, Err(e) if e.is_unique_violation()),
+        "a taken number: {again:?}"
+    );
+}
+
+on_both_backends!(
+    create_copies_the_package_and_refuses_without_writing,
+    create_copies_the_package_and_refuses_without_writing_sqlite,
+    create_copies_the_package_and_refuses_without_writing_mysql
+);
+
 /// The compare-and-set: the same loaded row applied twice moves the order once; the second
 /// apply is a conflict and credits nothing.
 async fn the_same_row_applied_twice_credits_once(s: TestStore) {
