@@ -171,6 +171,12 @@ pub fn query_retry_reason(q: &diesel::result::Error) -> Option<&'static str> {
     if msg.contains("Deadlock found") {
         // InnoDB deadlock, and Galera's certification failure, which reports itself as one.
         Some("deadlock")
+    } else if msg.contains("SAVEPOINT") && msg.contains("does not exist") {
+        // The same, seen one step later: InnoDB rolls the whole transaction back to break a
+        // deadlock, so the savepoint a write ran in is gone, and diesel reports the failed
+        // ROLLBACK TO SAVEPOINT in place of the deadlock. coinpay never releases a savepoint
+        // it then returns to, so a missing one means nothing else.
+        Some("deadlock")
     } else if msg.contains("WSREP has not yet prepared node") {
         Some("wsrep_not_ready")
     } else if is_connection_loss(&msg) {
@@ -268,6 +274,10 @@ mod tests {
             retry_reason(&db(
                 "Deadlock found when trying to get lock; try restarting transaction"
             )),
+            Some("deadlock")
+        );
+        assert_eq!(
+            retry_reason(&db("SAVEPOINT diesel_savepoint_1 does not exist")),
             Some("deadlock")
         );
         assert_eq!(

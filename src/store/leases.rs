@@ -83,7 +83,7 @@ pub async fn current(pool: &DbPool, name: &str) -> Result<Option<(String, i64)>,
     Ok(with_read!(pool, conn => le::table
         .filter(le::name.eq(name))
         .select((le::holder, le::until_ms))
-        .first(conn)
+        .get_result(conn)
         .await
         .optional()?))
 }

@@ -13,11 +13,12 @@
 //! batching task in front of the pool ([`batch`]). On both, each write runs in a savepoint of its
 //! own, and its caller gets its answer only after the commit.
 //!
-//! A look-up by a unique key is loaded with `get_result`, not `first`: `first` adds a `LIMIT`
-//! whose value is a bound parameter, and SQLite (3.53) marks a statement whose LIMIT is bound as
-//! one to prepare again at each new binding, so every such look-up was parsed and planned anew
-//! (a fifth of the service's CPU in `create-order`). Without the LIMIT the statement stays in
-//! diesel's cache, prepared once per connection.
+//! A look-up by a unique key, and an aggregate (one row by nature), is loaded with `get_result`,
+//! not `first`: `first` adds a `LIMIT` whose value is a bound parameter, and SQLite (3.53) marks
+//! a statement whose LIMIT is bound as one to prepare again at each new binding, so every such
+//! look-up was parsed and planned anew (a fifth of the service's CPU in `create-order`). Without
+//! the LIMIT the statement stays in diesel's cache, prepared once per connection. `first` stays
+//! where the LIMIT is the point (the newest report, the previous day's).
 
 pub mod batch;
 pub mod columns;

@@ -293,7 +293,7 @@ pub async fn pending_stats(pool: &DbPool) -> Result<(i64, Option<i64>), StoreErr
     Ok(with_read!(pool, conn => o::table
         .filter(o::status.eq(OrderStatus::Pending))
         .select((diesel::dsl::count_star(), diesel::dsl::min(o::created_at)))
-        .first(conn)
+        .get_result(conn)
         .await?))
 }
 
@@ -642,7 +642,7 @@ pub(super) async fn decide_one(
     let Some(row) = numbered(order_no)
         .select(OrderRow::as_select())
         .for_update()
-        .first(c)
+        .get_result(c)
         .await
         .optional()?
     else {
@@ -764,7 +764,7 @@ where
             let mut c = p.get_for_read().await?;
             let row = match numbered(order_no)
                 .select(OrderRow::as_select())
-                .first(&mut *c)
+                .get_result(&mut *c)
                 .await
                 .optional()
             {
@@ -775,7 +775,7 @@ where
                     c = p.get().await?;
                     numbered(order_no)
                         .select(OrderRow::as_select())
-                        .first(&mut *c)
+                        .get_result(&mut *c)
                         .await
                         .optional()?
                 }

@@ -211,7 +211,7 @@ pub async fn save(pool: &DbPool, report: &Report) -> Result<(), StoreError> {
 pub async fn get(pool: &DbPool, date: NaiveDate) -> Result<Option<Report>, StoreError> {
     let key = date_key(date);
     let found: Option<(ReportRow, Vec<DifferenceRow>)> = with_read!(pool, conn => {
-        match r::table.find(&key).select(ReportRow::as_select()).first(conn).await.optional()? {
+        match r::table.find(&key).select(ReportRow::as_select()).get_result(conn).await.optional()? {
             None => None,
             Some(row) => {
                 let diffs = d::table
@@ -349,7 +349,7 @@ pub async fn archived_bill(pool: &DbPool, date: NaiveDate) -> Result<Option<Vec<
     Ok(with_read!(pool, conn => b::table
         .find(&key)
         .select(b::gzip)
-        .first(conn)
+        .get_result(conn)
         .await
         .optional()?))
 }

@@ -80,7 +80,7 @@ pub async fn order(pool: &DbPool, order_no: &str) -> Result<Option<RefundableOrd
     Ok(with_read!(pool, conn => o::table
         .filter(o::order_no.eq(order_no))
         .select(RefundableOrder::as_select())
-        .first(conn)
+        .get_result(conn)
         .await
         .optional()?))
 }
@@ -142,7 +142,7 @@ fn numbered<'a>(refund_no: &'a str) -> _ {
 pub async fn get(pool: &DbPool, refund_no: &str) -> Result<Option<RefundRow>, StoreError> {
     Ok(with_read!(pool, conn => numbered(refund_no)
         .select(RefundRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .await
         .optional()?))
 }
@@ -154,7 +154,7 @@ pub async fn by_request_id(
     Ok(with_read!(pool, conn => r::table
         .filter(r::request_id.eq(request_id))
         .select(RefundRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .await
         .optional()?))
 }
@@ -528,7 +528,7 @@ pub async fn processing_stats(pool: &DbPool) -> Result<(i64, Option<i64>), Store
         let count: i64 = q().count().get_result(conn).await?;
         let oldest: Option<i64> = q()
             .select(diesel::dsl::min(r::created_at))
-            .first(conn)
+            .get_result(conn)
             .await?;
         (count, oldest)
     }))

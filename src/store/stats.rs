@@ -43,7 +43,7 @@ pub async fn paid_between(
         .filter(o::paid_at.ge(from_ms))
         .filter(o::paid_at.lt(to_ms))
         .select((diesel::dsl::count_star(), diesel::dsl::sql::<Nullable<BigInt>>(SUM_AMOUNT_FEN)))
-        .first(conn)
+        .get_result(conn)
         .await?);
     Ok(PaidTotals {
         orders,
