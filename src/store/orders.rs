@@ -77,7 +77,7 @@ fn insert_statement(n: &NewOrder<'_>) -> impl Statement + 'static {
 }
 
 /// An order to create: who buys which package, under which number, and when it expires.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct OrderRequest {
     pub order_no: String,
     pub user_id: i64,
@@ -143,15 +143,14 @@ pub async fn create(pool: &DbPool, req: OrderRequest) -> Result<Creation, StoreE
         DbPool::Sqlite { writer, .. } => {
             writer
                 .run(move |c| {
-                    use diesel::RunQueryDsl as Sync;
-                    let package = Sync::get_result(
+                    let package = diesel::RunQueryDsl::get_result(
                         packages::table
                             .find(req.package_id)
                             .select(Package::as_select()),
                         c,
                     )
                     .optional()?;
-                    let user = Sync::get_result(
+                    let user = diesel::RunQueryDsl::get_result(
                         users::table.find(req.user_id).select(User::as_select()),
                         c,
                     )
@@ -161,8 +160,10 @@ pub async fn create(pool: &DbPool, req: OrderRequest) -> Result<Creation, StoreE
                         Err(refused) => return Ok(Creation::Refused(refused)),
                     };
                     super::execute_blocking(insert_statement(&new), c)?;
-                    let row =
-                        Sync::get_result(numbered(&req.order_no).select(OrderRow::as_select()), c)?;
+                    let row = diesel::RunQueryDsl::get_result(
+                        numbered(&req.order_no).select(OrderRow::as_select()),
+                        c,
+                    )?;
                     Ok(Creation::Created {
                         row: Box::new(row),
                         openid,
